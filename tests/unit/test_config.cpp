@@ -1,0 +1,3 @@
+#include <gtest/gtest.h>
+#include "model/config.h"
+TEST(Config, Placeholder) { SUCCEED(); }
