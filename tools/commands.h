@@ -1,0 +1,10 @@
+// The mtpserve subcommands. Each lives in its own tools/cmd_*.cpp and registers itself on the CLI11 app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace mtpserve::cli {
+void add_logits_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);     // tokenizer: encode/decode files (tests, parity checks)
+void add_render_chat_command(CLI::App& app);  // chat template rendering (tests, debugging)
+}  // namespace mtpserve::cli
