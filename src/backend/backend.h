@@ -1,0 +1,109 @@
+// The op contract: every op the Gemma 4 target and assistant forwards use, with its shapes. The model code is
+// written once against this interface; the CPU backend is the executable specification (fp32 math), the CUDA
+// backend is where speed lives. A new op is added here with a CPU implementation and a test first.
+//
+// Conventions: tensors are row-major and contiguous; "[T, H]" means T rows of H elements. Activations use
+// act_dtype() (F32 on CPU, BF16 on CUDA); weights may be BF16/F32 as stored; index tensors are I32.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace mtpserve {
+
+// Attention metadata for one batch of sequences. Query rows of sequence s are [cu_q[s], cu_q[s+1]).
+// Cache slots of sequence s: [0, prefix_len[s]) are committed tokens whose position equals the slot; when
+// block_keys is set, the sequence's query rows were also written to slots prefix_len[s] + i (i = row index
+// within the sequence) and are visible as keys: row i sees block key j iff j <= i (causal), or, with a tree
+// mask, iff tree_mask[row, j] != 0. Slot j lives at physical row page_table[s, j / page_size] * page_size +
+// j % page_size of the layer's cache.
+struct AttnMeta {
+  int num_seqs = 0;
+  int max_q = 0;        // max query rows of one sequence (tree mask row width)
+  Tensor cu_q;          // [S+1] I32
+  Tensor prefix_len;    // [S] I32
+  Tensor positions;     // [T] I32 position of each query row (RoPE phase and masks)
+  Tensor tree_mask;     // [T, max_q] U8, optional (undefined: causal within the block)
+  bool block_keys = true;  // false: read-only queries (the assistant's Q-only layers)
+};
+
+struct KvPageTable {
+  Tensor pages;       // [S, max_pages] I32; -1 for pages already returned to the pool
+  int page_size = 16;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  virtual DType act_dtype() const = 0;
+
+  // --- memory ---
+  virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;
+  // A checkpoint tensor (CPU, any float dtype) in the backend's weight storage; may alias the mmap on CPU.
+  virtual Tensor upload_weight(const Tensor& host) = 0;
+  virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.nbytes() bytes
+  virtual void copy_to_host(void* dst, const Tensor& src) = 0;   // src.nbytes() bytes
+  virtual void copy(Tensor dst, const Tensor& src) = 0;          // same device, same dtype and size
+  virtual void fill_zero(Tensor dst) = 0;
+  virtual void synchronize() {}
+
+  // --- elementwise and norms ---
+  // out[T, H] = table[ids[t], :] * scale  (table [V, H]; the caller rounds scale as HF does)
+  virtual void embed(Tensor out, const Tensor& ids, const Tensor& table, float scale) = 0;
+  // out[R, D] = x * rsqrt(mean(x^2) + eps) * w   (w [D], or undefined for the weightless variant)
+  virtual void rms_norm(Tensor out, const Tensor& x, const Tensor& w, float eps) = 0;
+  virtual void add(Tensor out, const Tensor& a, const Tensor& b) = 0;  // same shapes
+  virtual void scale(Tensor out, const Tensor& x, float s) = 0;        // out = x * s
+  // out[R, D] = x[R, D] * w[D] (broadcast over rows; w may be a [1] scalar tensor)
+  virtual void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) = 0;
+  // out[M, I] = gelu_tanh(gate[M, I]) * up[M, I]
+  virtual void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) = 0;
+  // out[M, I] = gelu_tanh(gu[M, :I]) * gu[M, I:]   (fused gate|up projection output [M, 2I])
+  virtual void gelu_mul_fused(Tensor out, const Tensor& gu) = 0;
+  // out[B, A, C] = x[A, B, C]
+  virtual void transpose01(Tensor out, const Tensor& x) = 0;
+  // out[R, C] = x[rows[r], :]  (x [T, C], rows [R] I32)
+  virtual void gather_rows(Tensor out, const Tensor& x, const Tensor& rows) = 0;
+  // x = cap * tanh(x / cap), in place
+  virtual void softcap(Tensor x, float cap) = 0;
+
+  // --- linear ---
+  // out[M, N] = x[M, K] @ w[N, K]^T  (PyTorch Linear layout)
+  virtual void linear(Tensor out, const Tensor& x, const Tensor& w) = 0;
+
+  // --- attention ---
+  // In place on x [T, heads, D]: half-split (NeoX) rotation of pairs (j, j + D/2) by angle
+  // positions[t] * inv_freq[j]  (inv_freq [D/2] F32; zero entries rotate nothing).
+  virtual void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) = 0;
+  // Write k, v [T, kv_heads, D] of the query rows to their cache slots (prefix_len[s] + i) of
+  // k_cache, v_cache [num_slots, kv_heads, D].
+  virtual void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
+                        const KvPageTable& pt) = 0;
+  // out[T, nh, D] = softmax(q k^T * 1.0) v over the visible slots (see AttnMeta), GQA (head h reads kv head
+  // h / (nh / kv_heads)); window > 0 also requires q_pos - k_pos < window. Softmax in fp32.
+  virtual void attention(Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                         const AttnMeta& m, const KvPageTable& pt, int window) = 0;
+
+  // --- MoE (26B-A4B) ---
+  // From router logits [T, E]: softmax (fp32), top-k, renormalise, times per_expert_scale[e].
+  // weights [T, k] F32, experts [T, k] I32.
+  virtual void moe_route(Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale,
+                         int top_k) = 0;
+  // out[T, H] = sum_k weights[t,k] * down[e] @ (gelu(gate_up[e][:I] @ x) * (gate_up[e][I:] @ x)),
+  // gate_up [E, 2I, H], down [E, H, I].
+  virtual void moe_experts(Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
+                           const Tensor& gate_up, const Tensor& down) = 0;
+
+  // --- heads and sampling ---
+  // out[R] I32 = argmax over the last dim of x [R, V] (first index on ties)
+  virtual void argmax(Tensor out, const Tensor& x) = 0;
+  // Cast/copy into an F32 tensor of the same shape.
+  virtual void to_f32(Tensor out, const Tensor& x) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace mtpserve

@@ -1,0 +1,364 @@
+// The CPU backend: fp32 math everywhere, weights read in their stored dtype (bf16 converted tile by tile for
+// the GEMM). Straightforward loops, written to be obviously correct; OpenBLAS does the matrix products.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace mtpserve {
+namespace {
+
+// Read element i of a float tensor of any float dtype as fp32.
+inline float load(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::F32: return t.ptr<const float>()[i];
+    case DType::BF16: return bf16_to_f32(t.ptr<const uint16_t>()[i]);
+    case DType::F16: return f16_to_f32(t.ptr<const uint16_t>()[i]);
+    default: fail("cpu backend: tensor of dtype {} is not a float tensor", dtype_name(t.dtype));
+  }
+}
+
+// Rows [r0, r0 + n) of a [N, K] float tensor as fp32 into dst.
+void load_rows(float* dst, const Tensor& w, int64_t r0, int64_t n) {
+  int64_t k = w.row_numel();
+  if (w.dtype == DType::F32) {
+    std::memcpy(dst, w.ptr<const float>() + r0 * k, size_t(n * k) * 4);
+    return;
+  }
+  for (int64_t i = 0; i < n * k; i++) dst[i] = load(w, r0 * k + i);
+}
+
+inline float gelu_tanh(float x) {
+  const float c = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+}
+
+void check_f32(const Tensor& t, const char* what) {
+  MTP_CHECK(t.dtype == DType::F32, "cpu backend: {} must be F32, got {}", what, dtype_name(t.dtype));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  Device device() const override { return Device::CPU; }
+  DType act_dtype() const override { return DType::F32; }
+
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
+    Tensor t(nullptr, dtype, shape);
+    size_t bytes = std::max<size_t>(t.nbytes(), 1);
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    MTP_CHECK(p, "cpu backend: out of memory allocating {} bytes", bytes);
+    t.holder = std::shared_ptr<void>(p, std::free);
+    t.data = p;
+    return t;
+  }
+
+  Tensor upload_weight(const Tensor& host) override {
+    if (host.dtype == DType::F16) {  // no fp16 math here: widen once
+      Tensor t = alloc(DType::F32, {host.numel()});
+      for (int64_t i = 0; i < host.numel(); i++) t.ptr<float>()[i] = load(host, i);
+      t.ndim = host.ndim;
+      t.shape = host.shape;
+      return t;
+    }
+    return host;  // F32/BF16/ints: the mmapped bytes as they are
+  }
+  void copy_from_host(Tensor dst, const void* src) override { std::memcpy(dst.data, src, dst.nbytes()); }
+  void copy_to_host(void* dst, const Tensor& src) override { std::memcpy(dst, src.data, src.nbytes()); }
+  void copy(Tensor dst, const Tensor& src) override {
+    MTP_ASSERT(dst.nbytes() == src.nbytes());
+    std::memmove(dst.data, src.data, src.nbytes());
+  }
+  void fill_zero(Tensor dst) override { std::memset(dst.data, 0, dst.nbytes()); }
+
+  void embed(Tensor out, const Tensor& ids, const Tensor& table, float scale) override {
+    check_f32(out, "embed out");
+    int64_t T = ids.numel(), H = table.dim(1), V = table.dim(0);
+    MTP_ASSERT(out.numel() == T * H);
+    for (int64_t t = 0; t < T; t++) {
+      int32_t id = ids.ptr<const int32_t>()[t];
+      MTP_CHECK(id >= 0 && id < V, "token id {} is outside the vocabulary [0, {})", id, V);
+      float* o = out.ptr<float>() + t * H;
+      for (int64_t h = 0; h < H; h++) o[h] = load(table, id * H + h) * scale;
+    }
+  }
+
+  void rms_norm(Tensor out, const Tensor& x, const Tensor& w, float eps) override {
+    check_f32(out, "rms_norm out");
+    check_f32(x, "rms_norm x");
+    int64_t D = w.defined() ? w.numel() : x.dim(-1);
+    MTP_ASSERT(x.numel() % D == 0 && out.numel() == x.numel());
+    int64_t R = x.numel() / D;
+    std::vector<float> wf(D, 1.0f);
+    if (w.defined())
+      for (int64_t i = 0; i < D; i++) wf[i] = load(w, i);
+    for (int64_t r = 0; r < R; r++) {
+      const float* a = x.ptr<const float>() + r * D;
+      float* o = out.ptr<float>() + r * D;
+      double ss = 0;
+      for (int64_t i = 0; i < D; i++) ss += double(a[i]) * a[i];
+      float inv = 1.0f / std::sqrt(float(ss / double(D)) + eps);
+      for (int64_t i = 0; i < D; i++) o[i] = a[i] * inv * wf[i];
+    }
+  }
+
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    MTP_ASSERT(a.numel() == b.numel() && out.numel() == a.numel());
+    for (int64_t i = 0; i < a.numel(); i++) out.ptr<float>()[i] = a.ptr<const float>()[i] + b.ptr<const float>()[i];
+  }
+  void scale(Tensor out, const Tensor& x, float s) override {
+    MTP_ASSERT(out.numel() == x.numel());
+    for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = x.ptr<const float>()[i] * s;
+  }
+  void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) override {
+    int64_t D = w.numel();
+    MTP_ASSERT(x.numel() % D == 0 && out.numel() == x.numel());
+    std::vector<float> wf(D);
+    for (int64_t i = 0; i < D; i++) wf[i] = load(w, i);
+    for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = x.ptr<const float>()[i] * wf[i % D];
+  }
+  void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) override {
+    MTP_ASSERT(gate.numel() == up.numel() && out.numel() == gate.numel());
+    for (int64_t i = 0; i < gate.numel(); i++)
+      out.ptr<float>()[i] = gelu_tanh(gate.ptr<const float>()[i]) * up.ptr<const float>()[i];
+  }
+  void gelu_mul_fused(Tensor out, const Tensor& gu) override {
+    int64_t M = gu.dim(0), I = gu.dim(1) / 2;
+    MTP_ASSERT(out.numel() == M * I);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t i = 0; i < I; i++)
+        out.ptr<float>()[m * I + i] =
+            gelu_tanh(gu.ptr<const float>()[m * 2 * I + i]) * gu.ptr<const float>()[m * 2 * I + I + i];
+  }
+  void transpose01(Tensor out, const Tensor& x) override {
+    int64_t A = x.dim(0), B = x.dim(1), C = x.numel() / (A * B);
+    size_t es = dtype_size(x.dtype);
+    for (int64_t a = 0; a < A; a++)
+      for (int64_t b = 0; b < B; b++)
+        std::memcpy(static_cast<char*>(out.data) + ((b * A + a) * C) * es,
+                    static_cast<const char*>(x.data) + ((a * B + b) * C) * es, C * es);
+  }
+  void gather_rows(Tensor out, const Tensor& x, const Tensor& rows) override {
+    int64_t C = x.row_numel(), R = rows.numel();
+    size_t es = dtype_size(x.dtype);
+    for (int64_t r = 0; r < R; r++) {
+      int32_t src = rows.ptr<const int32_t>()[r];
+      MTP_ASSERT(src >= 0 && src < x.dim(0));
+      std::memcpy(static_cast<char*>(out.data) + r * C * es, static_cast<const char*>(x.data) + src * C * es,
+                  C * es);
+    }
+  }
+  void softcap(Tensor x, float cap) override {
+    for (int64_t i = 0; i < x.numel(); i++) x.ptr<float>()[i] = cap * std::tanh(x.ptr<float>()[i] / cap);
+  }
+
+  void linear(Tensor out, const Tensor& x, const Tensor& w) override {
+    check_f32(out, "linear out");
+    check_f32(x, "linear x");
+    int64_t K = w.dim(-1), N = w.numel() / K, M = x.numel() / K;
+    MTP_CHECK(x.numel() == M * K && out.numel() == M * N, "linear: x {} / w {} / out {} shapes do not agree",
+              x.shape_str(), w.shape_str(), out.shape_str());
+    if (w.dtype == DType::F32) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x.ptr<const float>(),
+                  int(K), w.ptr<const float>(), int(K), 0.0f, out.ptr<float>(), int(N));
+      return;
+    }
+    // Stored bf16: widen a tile of rows at a time and multiply it.
+    const int64_t tile = std::max<int64_t>(16, (1 << 20) / std::max<int64_t>(K, 1));
+    static thread_local std::vector<float> buf;
+    for (int64_t n0 = 0; n0 < N; n0 += tile) {
+      int64_t nt = std::min(tile, N - n0);
+      buf.resize(size_t(nt * K));
+      load_rows(buf.data(), w, n0, nt);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(nt), int(K), 1.0f, x.ptr<const float>(),
+                  int(K), buf.data(), int(K), 0.0f, out.ptr<float>() + n0, int(N));
+    }
+  }
+
+  void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) override {
+    int64_t T = x.dim(0), D = x.dim(-1), heads = x.numel() / (T * D), half = D / 2;
+    MTP_ASSERT(inv_freq.numel() == half && positions.numel() == T);
+    std::vector<float> c(half), s(half);
+    for (int64_t t = 0; t < T; t++) {
+      float pos = float(positions.ptr<const int32_t>()[t]);
+      for (int64_t j = 0; j < half; j++) {
+        float a = pos * inv_freq.ptr<const float>()[j];  // fp32 angle, as HF
+        c[j] = std::cos(a);
+        s[j] = std::sin(a);
+      }
+      for (int64_t h = 0; h < heads; h++) {
+        float* v = x.ptr<float>() + (t * heads + h) * D;
+        for (int64_t j = 0; j < half; j++) {
+          float a = v[j], b = v[j + half];
+          v[j] = a * c[j] - b * s[j];
+          v[j + half] = b * c[j] + a * s[j];
+        }
+      }
+    }
+  }
+
+  static int64_t physical_slot(const KvPageTable& pt, int s, int64_t slot) {
+    int64_t stride = pt.pages.dim(1);
+    MTP_ASSERT(slot / pt.page_size < stride);
+    int32_t page = pt.pages.ptr<const int32_t>()[s * stride + slot / pt.page_size];
+    MTP_CHECK(page >= 0, "kv cache: slot {} of sequence {} lies in a page that was already freed", slot, s);
+    return int64_t(page) * pt.page_size + slot % pt.page_size;
+  }
+
+  void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
+                const KvPageTable& pt) override {
+    int64_t row = k.row_numel();  // kv_heads * D
+    MTP_ASSERT(k_cache.row_numel() == row && v_cache.row_numel() == row);
+    const int32_t* cu = m.cu_q.ptr<const int32_t>();
+    for (int s = 0; s < m.num_seqs; s++) {
+      int32_t prefix = m.prefix_len.ptr<const int32_t>()[s];
+      for (int32_t r = cu[s]; r < cu[s + 1]; r++) {
+        int64_t dst = physical_slot(pt, s, prefix + (r - cu[s]));
+        MTP_ASSERT(dst < k_cache.dim(0));
+        std::memcpy(k_cache.ptr<float>() + dst * row, k.ptr<const float>() + r * row, row * 4);
+        std::memcpy(v_cache.ptr<float>() + dst * row, v.ptr<const float>() + r * row, row * 4);
+      }
+    }
+  }
+
+  void attention(Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttnMeta& m,
+                 const KvPageTable& pt, int window) override {
+    int64_t D = q.dim(-1), nh = q.dim(1), kvh = k_cache.dim(1);
+    MTP_ASSERT(k_cache.dim(-1) == D && nh % kvh == 0);
+    int64_t group = nh / kvh;
+    const int32_t* cu = m.cu_q.ptr<const int32_t>();
+    const int32_t* pos = m.positions.ptr<const int32_t>();
+    std::vector<float> scores;
+    std::vector<int64_t> phys;
+    std::vector<int32_t> kpos;
+    for (int s = 0; s < m.num_seqs; s++) {
+      int32_t prefix = m.prefix_len.ptr<const int32_t>()[s];
+      int32_t nq = cu[s + 1] - cu[s];
+      int32_t nslots = prefix + (m.block_keys ? nq : 0);
+      for (int32_t i = 0; i < nq; i++) {
+        int32_t r = cu[s] + i, qp = pos[r];
+        // The visible slots of this query row and their positions.
+        phys.clear();
+        kpos.clear();
+        for (int32_t j = 0; j < nslots; j++) {
+          int32_t kp;
+          if (j < prefix) {
+            kp = j;
+          } else {
+            int32_t bj = j - prefix;
+            bool vis = m.tree_mask.defined() ? m.tree_mask.ptr<const uint8_t>()[int64_t(r) * m.max_q + bj] != 0
+                                             : bj <= i;
+            if (!vis) continue;
+            kp = pos[cu[s] + bj];
+          }
+          if (kp > qp) continue;
+          if (window > 0 && qp - kp >= window) continue;
+          phys.push_back(physical_slot(pt, s, j));
+          kpos.push_back(kp);
+        }
+        MTP_CHECK(!phys.empty(), "attention: query row {} (position {}) sees no key", r, qp);
+        scores.resize(phys.size());
+        for (int64_t h = 0; h < nh; h++) {
+          const float* qv = q.ptr<const float>() + (int64_t(r) * nh + h) * D;
+          int64_t kh = h / group;
+          float mx = -INFINITY;
+          for (size_t j = 0; j < phys.size(); j++) {
+            const float* kv = k_cache.ptr<const float>() + (phys[j] * kvh + kh) * D;
+            float d = 0;
+            for (int64_t e = 0; e < D; e++) d += qv[e] * kv[e];
+            scores[j] = d;  // attention scale 1.0 (q and k are RMS-normalised)
+            mx = std::max(mx, d);
+          }
+          double sum = 0;
+          for (auto& sc : scores) sum += (sc = std::exp(sc - mx));
+          float* o = out.ptr<float>() + (int64_t(r) * nh + h) * D;
+          std::fill(o, o + D, 0.0f);
+          for (size_t j = 0; j < phys.size(); j++) {
+            float p = float(scores[j] / sum);
+            const float* vv = v_cache.ptr<const float>() + (phys[j] * kvh + kh) * D;
+            for (int64_t e = 0; e < D; e++) o[e] += p * vv[e];
+          }
+        }
+      }
+    }
+  }
+
+  void moe_route(Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale,
+                 int top_k) override {
+    int64_t T = logits.dim(0), E = logits.dim(1);
+    MTP_ASSERT(top_k > 0 && top_k <= E && weights.numel() == T * top_k && experts.numel() == T * top_k);
+    std::vector<float> p(E);
+    std::vector<int> idx(E);
+    for (int64_t t = 0; t < T; t++) {
+      const float* l = logits.ptr<const float>() + t * E;
+      float mx = *std::max_element(l, l + E);
+      double sum = 0;
+      for (int64_t e = 0; e < E; e++) sum += (p[e] = std::exp(l[e] - mx));
+      for (int64_t e = 0; e < E; e++) p[e] = float(p[e] / sum);
+      std::iota(idx.begin(), idx.end(), 0);
+      // torch.topk order: largest first; ties by lower index.
+      std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
+                        [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+      float tot = 0;
+      for (int k = 0; k < top_k; k++) tot += p[idx[k]];
+      for (int k = 0; k < top_k; k++) {
+        weights.ptr<float>()[t * top_k + k] = p[idx[k]] / tot * load(per_expert_scale, idx[k]);
+        experts.ptr<int32_t>()[t * top_k + k] = idx[k];
+      }
+    }
+  }
+
+  void moe_experts(Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
+                   const Tensor& gate_up, const Tensor& down) override {
+    int64_t T = x.dim(0), H = x.dim(1), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2;
+    int64_t top_k = weights.numel() / T;
+    MTP_ASSERT(gate_up.dim(2) == H && down.dim(0) == E && down.dim(1) == H && down.dim(2) == I);
+    std::fill(out.ptr<float>(), out.ptr<float>() + T * H, 0.0f);
+    std::vector<float> wgu(size_t(I2 * H)), wd(size_t(H * I)), gu(I2), a(I), y(H);
+    // Group tokens by expert so each expert's weights are widened once.
+    for (int64_t e = 0; e < E; e++) {
+      bool loaded = false;
+      for (int64_t t = 0; t < T; t++) {
+        for (int64_t k = 0; k < top_k; k++) {
+          if (experts.ptr<const int32_t>()[t * top_k + k] != e) continue;
+          if (!loaded) {
+            load_rows(wgu.data(), gate_up, e * I2, I2);
+            load_rows(wd.data(), down, e * H, H);
+            loaded = true;
+          }
+          const float* xv = x.ptr<const float>() + t * H;
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, int(I2), int(H), 1.0f, wgu.data(), int(H), xv, 1, 0.0f,
+                      gu.data(), 1);
+          for (int64_t i = 0; i < I; i++) a[i] = gelu_tanh(gu[i]) * gu[I + i];
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, int(H), int(I), 1.0f, wd.data(), int(I), a.data(), 1, 0.0f,
+                      y.data(), 1);
+          float w = weights.ptr<const float>()[t * top_k + k];
+          for (int64_t h = 0; h < H; h++) out.ptr<float>()[t * H + h] += w * y[h];
+        }
+      }
+    }
+  }
+
+  void argmax(Tensor out, const Tensor& x) override {
+    int64_t V = x.dim(-1), R = x.numel() / V;
+    for (int64_t r = 0; r < R; r++) {
+      const float* v = x.ptr<const float>() + r * V;
+      out.ptr<int32_t>()[r] = int32_t(std::max_element(v, v + V) - v);
+    }
+  }
+  void to_f32(Tensor out, const Tensor& x) override {
+    for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = load(x, i);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace mtpserve

@@ -1,0 +1,62 @@
+#include "engine/kv_cache.h"
+
+namespace mtpserve {
+
+PagePool::PagePool(int n) : used_(size_t(n), 0) {
+  MTP_ASSERT(n >= 0);
+  free_.reserve(n);
+  for (int i = n - 1; i >= 0; i--) free_.push_back(i);  // hand out low page ids first
+}
+
+int PagePool::alloc() {
+  if (free_.empty()) return -1;
+  int p = free_.back();
+  free_.pop_back();
+  used_[p] = 1;
+  return p;
+}
+
+void PagePool::release(int p) {
+  MTP_ASSERT(is_used(p));
+  used_[p] = 0;
+  free_.push_back(p);
+}
+
+KvCache::KvCache(const Gemma4Model& m, int full_pages, int sliding_pages)
+    : storage_(m.allocate_kv(full_pages, sliding_pages)),
+      full_(full_pages),
+      sliding_(sliding_pages),
+      window_(m.config().sliding_window) {}
+
+int KvCache::pages_needed(const SeqPages& s, int slots, LayerType t) const {
+  int want = (slots + kPageSize - 1) / kPageSize;
+  int have = int(t == LayerType::Full ? s.full.size() : s.sliding.size());
+  return std::max(0, want - have);
+}
+
+bool KvCache::reserve(SeqPages& s, int slots) {
+  int nf = pages_needed(s, slots, LayerType::Full), ns = pages_needed(s, slots, LayerType::Sliding);
+  if (nf > full_.free_count() || ns > sliding_.free_count()) return false;
+  for (int i = 0; i < nf; i++) s.full.push_back(full_.alloc());
+  for (int i = 0; i < ns; i++) s.sliding.push_back(sliding_.alloc());
+  return true;
+}
+
+void KvCache::trim_sliding(SeqPages& s, int min_visible_slot) {
+  int last_dead = min_visible_slot / kPageSize;  // pages [0, last_dead) hold only slots < min_visible_slot
+  for (int p = 0; p < last_dead && p < int(s.sliding.size()); p++) {
+    if (s.sliding[p] < 0) continue;
+    sliding_.release(s.sliding[p]);
+    s.sliding[p] = -1;
+  }
+}
+
+void KvCache::release(SeqPages& s) {
+  for (int p : s.full) full_.release(p);
+  for (int p : s.sliding)
+    if (p >= 0) sliding_.release(p);
+  s.full.clear();
+  s.sliding.clear();
+}
+
+}  // namespace mtpserve

@@ -1,0 +1,55 @@
+// Paged KV cache: the storage of the target's KV-owning layers in two page pools (full-attention owners,
+// sliding-window owners), pages of kPageSize tokens, and per-sequence page tables. Sliding pages that fall
+// out of every future query's window are returned to their pool while the sequence runs.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/gemma4.h"
+
+namespace mtpserve {
+
+class PagePool {
+ public:
+  explicit PagePool(int num_pages);
+  int capacity() const { return int(used_.size()); }
+  int free_count() const { return int(free_.size()); }
+  int alloc();          // -1 when empty
+  void release(int page);
+  bool is_used(int page) const { return page >= 0 && page < capacity() && used_[page]; }
+
+ private:
+  std::vector<int32_t> free_;
+  std::vector<uint8_t> used_;
+};
+
+// The page tables of one sequence. Logical page p covers slots [p*16, p*16+16).
+struct SeqPages {
+  std::vector<int32_t> full, sliding;  // -1 in `sliding` = returned to the pool
+};
+
+class KvCache {
+ public:
+  KvCache(const Gemma4Model& model, int full_pages, int sliding_pages);
+
+  KvStorage& storage() { return storage_; }
+  PagePool& full_pool() { return full_; }
+  PagePool& sliding_pool() { return sliding_; }
+  int sliding_window() const { return window_; }
+
+  // Pages needed to grow `s` to hold `slots` slots (both pools), without allocating.
+  int pages_needed(const SeqPages& s, int slots, LayerType t) const;
+  // Grow `s` so that slots [0, slots) are backed; false (and nothing allocated) if a pool is short.
+  bool reserve(SeqPages& s, int slots);
+  // Return the sliding pages whose slots all lie before `min_visible_slot`.
+  void trim_sliding(SeqPages& s, int min_visible_slot);
+  // Return every page of `s`.
+  void release(SeqPages& s);
+
+ private:
+  KvStorage storage_;
+  PagePool full_, sliding_;
+  int window_;
+};
+
+}  // namespace mtpserve

@@ -1,0 +1,84 @@
+// The Gemma 4 target model (Gemma4ForCausalLM / the text path of Gemma4ForConditionalGeneration), written once
+// against the Backend op contract. Read gemma4.cpp top to bottom: it is the forward pass of
+// gemma4-architecture.md §2, with the paged KV cache of DESIGN.md §5.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mtpserve {
+
+inline constexpr int kPageSize = 16;
+
+// KV cache storage: one K and one V tensor [pages * 16, kv_heads, D] per KV-owning layer, in two pools: the
+// full pool (full-attention owners) and the sliding pool (sliding owners). A page id indexes the same rows in
+// every layer of its pool. KV-shared layers and the assistant read their owner's tensors.
+struct KvStorage {
+  std::vector<Tensor> k, v;  // indexed by layer; undefined for KV-shared layers
+  int full_pages = 0, sliding_pages = 0;
+  int64_t bytes_per_token(LayerType t) const;  // over the owner layers of that pool
+};
+
+// One sequence of a forward batch: `q_len` new tokens whose KV goes to slots prefix_len .. prefix_len+q_len-1.
+struct SeqBatchEntry {
+  int q_len = 0;
+  int prefix_len = 0;
+  const std::vector<int32_t>* full_pages = nullptr;     // page table of the full pool
+  const std::vector<int32_t>* sliding_pages = nullptr;  // page table of the sliding pool (-1: freed)
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> tokens;     // [T] token ids, sequences concatenated in order
+  std::vector<int32_t> positions;  // [T]
+  std::vector<SeqBatchEntry> seqs;
+  std::vector<uint8_t> tree_mask;  // optional [T, max_q]: row r sees block key j of its sequence
+  int tree_max_q = 0;
+  std::vector<int32_t> output_rows;  // rows whose logits (and hidden) are returned
+};
+
+struct ForwardOutput {
+  Tensor logits;  // [R, V] F32 on the backend device, after the final softcap
+  Tensor hidden;  // [R, H] act dtype: post-final-norm hidden (what the MTP assistant consumes)
+};
+
+// Upload host-side attention metadata for a batch (shared with the assistant, which reuses the target's
+// KV pages). `block_keys` false = read-only queries.
+struct DeviceMeta {
+  AttnMeta attn;
+  KvPageTable full, sliding;
+  Tensor tokens;  // [T] I32
+};
+DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys);
+
+// Inverse RoPE frequencies [D/2] for one layer type (default, or proportional with partial rotation).
+std::vector<float> rope_inv_freq(const RopeParams& p, int head_dim);
+
+class Gemma4Model {
+ public:
+  static std::unique_ptr<Gemma4Model> load(const std::string& model_dir, Backend& be);
+  Gemma4Model(ModelConfig cfg, TargetWeights w, Backend& be);
+
+  const TextConfig& config() const { return cfg_.text; }
+  const ModelConfig& model_config() const { return cfg_; }
+  Backend& backend() const { return be_; }
+  const TargetWeights& weights() const { return w_; }
+  const Tensor& inv_freq(LayerType t) const { return t == LayerType::Sliding ? inv_freq_sliding_ : inv_freq_full_; }
+  // bf16(sqrt(H)) when activations are bf16, as HF rounds the scale to the model dtype; sqrt(H) in fp32.
+  float embed_scale() const { return embed_scale_; }
+
+  KvStorage allocate_kv(int full_pages, int sliding_pages) const;
+  ForwardOutput forward(const ForwardBatch& batch, KvStorage& kv) const;
+
+ private:
+  ModelConfig cfg_;
+  TargetWeights w_;
+  Backend& be_;
+  Tensor inv_freq_sliding_, inv_freq_full_;
+  float embed_scale_ = 1.0f;
+};
+
+}  // namespace mtpserve

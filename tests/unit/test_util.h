@@ -1,0 +1,92 @@
+// Shared helpers for the unit tests: small synthetic Gemma 4 configs and models with seeded dummy weights.
+#pragma once
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+#include "model/gemma4.h"
+
+namespace mtpserve::test {
+
+// A small text config exercising every feature unless the caller overrides fields.
+inline nlohmann::json small_text_config() {
+  return {{"model_type", "gemma4_text"},
+          {"vocab_size", 97},
+          {"hidden_size", 32},
+          {"intermediate_size", 48},
+          {"num_hidden_layers", 6},
+          {"layer_types",
+           {"sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention",
+            "full_attention"}},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"head_dim", 8},
+          {"global_head_dim", 16},
+          {"attention_k_eq_v", true},
+          {"num_global_key_value_heads", 1},
+          {"num_kv_shared_layers", 2},
+          {"use_double_wide_mlp", true},
+          {"hidden_size_per_layer_input", 4},
+          {"vocab_size_per_layer_input", 97},
+          {"sliding_window", 8},
+          {"final_logit_softcapping", 30.0},
+          {"rope_parameters",
+           {{"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 10000.0}}},
+            {"full_attention", {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.25}, {"rope_theta", 1e6}}}}}};
+}
+
+inline std::unique_ptr<Gemma4Model> make_dummy_model(const nlohmann::json& cfg_json, Backend& be,
+                                                     uint64_t seed = 7, DummyWeights* keep = nullptr) {
+  ModelConfig mc = parse_config(cfg_json.dump(), "test config");
+  DummyWeights local;
+  DummyWeights& d = keep ? *keep : local;
+  d.seed = seed;
+  TargetWeights w = load_target_weights(nullptr, mc, be, nullptr, &d);
+  return std::make_unique<Gemma4Model>(mc, std::move(w), be);
+}
+
+inline std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = int32_t(g() % uint32_t(vocab));
+  return t;
+}
+
+inline std::string temp_dir(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() / ("mtpserve_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+}
+
+// Max over elements of |a - b| / max(1, |b|).
+inline double max_rel_err(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; i++) m = std::max(m, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(b[i]))));
+  return m;
+}
+
+// Max over rows of max|a - b| / max(1, max|b|) with rows of `width` elements: errors measured against the
+// row's logit scale, so a near-zero logit does not turn rounding noise into a large relative error.
+inline double max_row_err(const float* a, const float* b, size_t n, size_t width) {
+  double worst = 0;
+  for (size_t r = 0; r < n / width; r++) {
+    double scale = 1, err = 0;
+    for (size_t i = r * width; i < (r + 1) * width; i++) {
+      scale = std::max(scale, std::abs(double(b[i])));
+      err = std::max(err, std::abs(double(a[i]) - b[i]));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+}  // namespace mtpserve::test
