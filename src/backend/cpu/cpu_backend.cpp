@@ -24,9 +24,10 @@ inline float load(const Tensor& t, int64_t i) {
   }
 }
 
-// Rows [r0, r0 + n) of a [N, K] float tensor as fp32 into dst.
+// Rows [r0, r0 + n) of a float tensor viewed as [*, K] (K = last dim) as fp32 into dst.
 void load_rows(float* dst, const Tensor& w, int64_t r0, int64_t n) {
-  int64_t k = w.row_numel();
+  int64_t k = w.dim(-1);
+  MTP_ASSERT((r0 + n) * k <= w.numel());
   if (w.dtype == DType::F32) {
     std::memcpy(dst, w.ptr<const float>() + r0 * k, size_t(n * k) * 4);
     return;
