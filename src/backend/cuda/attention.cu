@@ -1,0 +1,412 @@
+// Paged attention and the KV-cache write (backend.h AttnMeta semantics).
+//
+// attention: one CTA per (query row, KV head, block of up to GB query heads of that KV head, KV split). The four
+// warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads, coalesced
+// 128-byte rows per warp), q for the GB heads stays in registers, scores are warp all-reductions, and each warp
+// keeps its own online-softmax state (m, l, acc) in fp32. The warps merge through shared memory; with one split
+// the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that a merge kernel combines in split order.
+// Split boundaries are absolute slot indices (multiples of `chunk`), chunk chosen from the shape only.
+// Visible keys of row i of sequence s: prefix slots j in [lo, min(prefix, q_pos + 1)) with lo = q_pos - window + 1
+// when windowed (contiguous: prefix slot j has position j), plus, with block_keys, block key b (slot prefix + b)
+// when (tree mask ? tree[r, b] : b <= i) and its position is <= q_pos and inside the window. Pages of slots
+// outside the visible set (freed sliding pages, -1) are never read.
+#include <algorithm>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace mtpserve::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+struct AttnParams {
+  const bf16* q;
+  bf16* out;
+  const bf16* kc;
+  const bf16* vc;
+  const int32_t* cu_q;
+  const int32_t* prefix;
+  const int32_t* pos;
+  const uint8_t* tree;
+  const int32_t* pages;
+  float* ws_acc;  // [T, nh, nsplit, D]
+  float* ws_ml;   // [T, nh, nsplit, 2]
+  DevErr* err;
+  int64_t page_stride, num_slots;
+  int S, max_q, page_size, nh, kvh, group, hblocks, D, window, chunk, nsplit;
+  bool block_keys;
+};
+
+__device__ __forceinline__ int find_seq(const int32_t* cu, int S, int r) {
+  int lo = 0, hi = S - 1;  // largest s with cu[s] <= r
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (cu[mid] <= r) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <int NI, int GB>
+__global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
+  constexpr int KB = 4;  // keys per warp batch
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x;
+  const int kh = blockIdx.y / p.hblocks, hb = blockIdx.y % p.hblocks, split = blockIdx.z;
+  const int h0 = kh * p.group + hb * GB;
+  const int nheads = min(GB, p.group - hb * GB);
+  const int D = p.D;
+
+  const int s = find_seq(p.cu_q, p.S, r);
+  const int row0 = p.cu_q[s], nq = p.cu_q[s + 1] - row0, i = r - row0;
+  const int qp = p.pos[r], prefix = p.prefix[s];
+  const int lo = p.window > 0 ? max(0, qp - p.window + 1) : 0;
+  const int hi = min(prefix, qp + 1);
+  const int a = max(lo, split * p.chunk), b = min(hi, (split + 1) * p.chunk);
+  const int np = max(0, b - a);
+  const int nb = (split == 0 && p.block_keys) ? nq : 0;
+  const int nkeys = np + nb;
+
+  float2 qv[GB][NI];
+#pragma unroll
+  for (int g = 0; g < GB; g++)
+#pragma unroll
+    for (int c = 0; c < NI; c++) {
+      const int d = 2 * lane + 64 * c;
+      qv[g][c] = make_float2(0.f, 0.f);
+      if (g < nheads && d < D)
+        qv[g][c] = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(p.q + (int64_t(r) * p.nh + h0 + g) * D + d));
+    }
+  float m[GB], l[GB];
+  float2 acc[GB][NI];
+#pragma unroll
+  for (int g = 0; g < GB; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NI; c++) acc[g][c] = make_float2(0.f, 0.f);
+  }
+
+  const int64_t row_stride = int64_t(p.kvh) * D;
+  for (int k0 = warp * KB; k0 < nkeys; k0 += 4 * KB) {
+    int64_t off[KB];
+    bool vis[KB];
+#pragma unroll
+    for (int j = 0; j < KB; j++) {
+      const int kk = k0 + j;
+      vis[j] = false;
+      off[j] = 0;
+      if (kk >= nkeys) continue;
+      int slot, kp;
+      bool v;
+      if (kk < np) {
+        slot = a + kk;
+        kp = slot;
+        v = true;
+      } else {
+        const int bj = kk - np;
+        slot = prefix + bj;
+        kp = p.pos[row0 + bj];
+        v = p.tree ? p.tree[int64_t(r) * p.max_q + bj] != 0 : bj <= i;
+        v = v && kp <= qp && (p.window <= 0 || qp - kp < p.window);
+      }
+      if (!v) continue;
+      const int page = p.pages[int64_t(s) * p.page_stride + slot / p.page_size];
+      const int64_t phys = int64_t(page) * p.page_size + slot % p.page_size;
+      if (page < 0 || phys >= p.num_slots) {
+        if (lane == 0 && kh == 0 && hb == 0) report_error(p.err, kErrFreedPage, slot, s, 0);
+        continue;
+      }
+      vis[j] = true;
+      off[j] = phys * row_stride + int64_t(kh) * D;
+    }
+    // Scores for the batch (all K loads first).
+    __nv_bfloat162 kv[KB][NI];
+#pragma unroll
+    for (int j = 0; j < KB; j++)
+#pragma unroll
+      for (int c = 0; c < NI; c++) {
+        const int d = 2 * lane + 64 * c;
+        kv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.kc + off[j] + d)
+                                     : __floats2bfloat162_rn(0.f, 0.f);
+      }
+    float sc[KB][GB];
+#pragma unroll
+    for (int j = 0; j < KB; j++)
+#pragma unroll
+      for (int g = 0; g < GB; g++) {
+        float dsum = 0.f;
+#pragma unroll
+        for (int c = 0; c < NI; c++) {
+          const float2 kf = __bfloat1622float2(kv[j][c]);
+          dsum = fmaf(qv[g][c].x, kf.x, dsum);
+          dsum = fmaf(qv[g][c].y, kf.y, dsum);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dsum += __shfl_xor_sync(0xffffffffu, dsum, o);
+        sc[j][g] = vis[j] ? dsum : -INFINITY;  // attention scale 1.0
+      }
+    __nv_bfloat162 vv[KB][NI];
+#pragma unroll
+    for (int j = 0; j < KB; j++)
+#pragma unroll
+      for (int c = 0; c < NI; c++) {
+        const int d = 2 * lane + 64 * c;
+        vv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.vc + off[j] + d)
+                                     : __floats2bfloat162_rn(0.f, 0.f);
+      }
+#pragma unroll
+    for (int g = 0; g < GB; g++) {
+      float mx = m[g];
+#pragma unroll
+      for (int j = 0; j < KB; j++) mx = fmaxf(mx, sc[j][g]);
+      if (mx == -INFINITY) continue;  // nothing visible yet
+      const float corr = __expf(m[g] - mx);  // m == -inf -> 0
+      m[g] = mx;
+      l[g] *= corr;
+#pragma unroll
+      for (int c = 0; c < NI; c++) {
+        acc[g][c].x *= corr;
+        acc[g][c].y *= corr;
+      }
+#pragma unroll
+      for (int j = 0; j < KB; j++) {
+        const float pj = vis[j] ? __expf(sc[j][g] - mx) : 0.f;
+        l[g] += pj;
+#pragma unroll
+        for (int c = 0; c < NI; c++) {
+          const float2 vf = __bfloat1622float2(vv[j][c]);
+          acc[g][c].x = fmaf(pj, vf.x, acc[g][c].x);
+          acc[g][c].y = fmaf(pj, vf.y, acc[g][c].y);
+        }
+      }
+    }
+  }
+
+  // Merge the four warps in warp order.
+  constexpr int DW = NI * 64;
+  __shared__ float sm_acc[4][GB][DW];
+  __shared__ float sm_m[4][GB], sm_l[4][GB];
+#pragma unroll
+  for (int g = 0; g < GB; g++) {
+#pragma unroll
+    for (int c = 0; c < NI; c++) {
+      sm_acc[warp][g][2 * lane + 64 * c] = acc[g][c].x;
+      sm_acc[warp][g][2 * lane + 64 * c + 1] = acc[g][c].y;
+    }
+    if (lane == 0) {
+      sm_m[warp][g] = m[g];
+      sm_l[warp][g] = l[g];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nheads * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; w++) M = fmaxf(M, sm_m[w][g]);
+    float L = 0.f, A = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < 4; w++) {
+        const float f = sm_l[w][g] > 0.f ? __expf(sm_m[w][g] - M) : 0.f;
+        L += sm_l[w][g] * f;
+        A += sm_acc[w][g][d] * f;
+      }
+    }
+    const int h = h0 + g;
+    if (p.nsplit == 1) {
+      if (L > 0.f) {
+        p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(A / L);
+      } else {
+        p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(0.f);
+        if (d == 0 && h == 0) report_error(p.err, kErrNoKey, r, qp, 0);
+      }
+    } else {
+      const int64_t slot = (int64_t(r) * p.nh + h) * p.nsplit + split;
+      p.ws_acc[slot * D + d] = A;
+      if (d == 0) {
+        p.ws_ml[slot * 2] = M;
+        p.ws_ml[slot * 2 + 1] = L;
+      }
+    }
+  }
+}
+
+__global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos, int nh,
+                                  int D, int nsplit, DevErr* err) {
+  const int64_t rh = blockIdx.x;  // r * nh + h
+  const float* ml = ws_ml + rh * nsplit * 2;
+  float M = -INFINITY;
+  for (int c = 0; c < nsplit; c++)
+    if (ml[2 * c + 1] > 0.f) M = fmaxf(M, ml[2 * c]);
+  float L = 0.f;
+  for (int c = 0; c < nsplit; c++)
+    if (ml[2 * c + 1] > 0.f) L += ml[2 * c + 1] * __expf(ml[2 * c] - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+    for (int c = 0; c < nsplit; c++)
+      if (ml[2 * c + 1] > 0.f) A += ws_acc[(rh * nsplit + c) * D + d] * __expf(ml[2 * c] - M);
+    out[rh * D + d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
+  }
+  if (L <= 0.f && threadIdx.x == 0 && rh % nh == 0) report_error(err, kErrNoKey, int(rh / nh), pos[rh / nh], 0);
+}
+
+__global__ void kv_write_kernel(bf16* kc, bf16* vc, const bf16* k, const bf16* v, const int32_t* cu_q,
+                                const int32_t* prefix, const int32_t* pages, int64_t page_stride, int page_size,
+                                int64_t num_slots, int S, int64_t row, DevErr* err) {
+  const int r = blockIdx.x;
+  const int s = find_seq(cu_q, S, r);
+  const int slot = prefix[s] + (r - cu_q[s]);
+  const int page = pages[int64_t(s) * page_stride + slot / page_size];
+  const int64_t phys = int64_t(page) * page_size + slot % page_size;
+  if (page < 0) {
+    if (threadIdx.x == 0) report_error(err, kErrFreedPage, slot, s, 0);
+    return;
+  }
+  if (phys >= num_slots) {
+    if (threadIdx.x == 0) report_error(err, kErrSlot, int(phys), int(num_slots), 0);
+    return;
+  }
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
+    kc[phys * row + e] = k[int64_t(r) * row + e];
+    vc[phys * row + e] = v[int64_t(r) * row + e];
+  }
+}
+
+template <int NI, int GB>
+void launch_attn(const AttnParams& p, dim3 grid, cudaStream_t st) {
+  attn_kernel<NI, GB><<<grid, 128, 0, st>>>(p);
+}
+
+template <int NI>
+void launch_attn_ni(const AttnParams& p, int gb, dim3 grid, cudaStream_t st) {
+  if constexpr (NI == 8) {
+    if (gb == 1) launch_attn<NI, 1>(p, grid, st);
+    else if (gb == 2) launch_attn<NI, 2>(p, grid, st);
+    else launch_attn<NI, 4>(p, grid, st);
+  } else {
+    if (gb == 1) launch_attn<NI, 1>(p, grid, st);
+    else if (gb == 2) launch_attn<NI, 2>(p, grid, st);
+    else if (gb == 4) launch_attn<NI, 4>(p, grid, st);
+    else launch_attn<NI, 8>(p, grid, st);
+  }
+}
+
+void check_meta(const AttnMeta& m, const KvPageTable& pt, int64_t T, const char* op) {
+  MTP_CHECK(m.num_seqs > 0, "cuda {}: no sequences", op);
+  need(m.cu_q, DType::I32, op, "cu_q");
+  need(m.prefix_len, DType::I32, op, "prefix_len");
+  need(m.positions, DType::I32, op, "positions");
+  need(pt.pages, DType::I32, op, "page table");
+  MTP_CHECK(m.cu_q.numel() == m.num_seqs + 1 && m.prefix_len.numel() == m.num_seqs && m.positions.numel() == T &&
+                pt.pages.dim(0) == m.num_seqs && pt.page_size > 0,
+            "cuda {}: metadata shapes do not match {} sequences and {} rows", op, m.num_seqs, T);
+}
+
+}  // namespace
+
+void kv_write(Ctx& c, Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
+              const KvPageTable& pt) {
+  need(k_cache, DType::BF16, "kv_write", "k_cache");
+  need(v_cache, DType::BF16, "kv_write", "v_cache");
+  need(k, DType::BF16, "kv_write", "k");
+  need(v, DType::BF16, "kv_write", "v");
+  const int64_t T = k.dim(0), row = k.row_numel();
+  MTP_CHECK(k_cache.row_numel() == row && v_cache.row_numel() == row && v.numel() == k.numel() &&
+                v_cache.dim(0) == k_cache.dim(0),
+            "cuda kv_write: k {} / v {} / caches {} {}", k.shape_str(), v.shape_str(), k_cache.shape_str(),
+            v_cache.shape_str());
+  check_meta(m, pt, T, "kv_write");
+  if (T == 0) return;
+  kv_write_kernel<<<unsigned(T), 256, 0, c.stream>>>(mbf(k_cache), mbf(v_cache), cbf(k), cbf(v),
+                                                     m.cu_q.ptr<const int32_t>(), m.prefix_len.ptr<const int32_t>(),
+                                                     pt.pages.ptr<const int32_t>(), pt.pages.dim(1), pt.page_size,
+                                                     k_cache.dim(0), m.num_seqs, row, c.err);
+  check_launch("kv_write");
+}
+
+void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               const AttnMeta& m, const KvPageTable& pt, int window) {
+  need(out, DType::BF16, "attention", "out");
+  need(q, DType::BF16, "attention", "q");
+  need(k_cache, DType::BF16, "attention", "k_cache");
+  need(v_cache, DType::BF16, "attention", "v_cache");
+  const int64_t T = q.dim(0), nh = q.dim(1), D = q.dim(-1), kvh = k_cache.dim(1);
+  MTP_CHECK(q.ndim == 3 && k_cache.ndim == 3 && k_cache.dim(2) == D && v_cache.numel() == k_cache.numel() &&
+                nh % kvh == 0 && out.numel() == q.numel(),
+            "cuda attention: q {} / k_cache {} / v_cache {} / out {}", q.shape_str(), k_cache.shape_str(),
+            v_cache.shape_str(), out.shape_str());
+  MTP_CHECK(D % 2 == 0 && D <= 512, "cuda attention: head dim {} unsupported (even, <= 512)", D);
+  check_meta(m, pt, T, "attention");
+  if (m.tree_mask.defined()) {
+    need(m.tree_mask, DType::U8, "attention", "tree_mask");
+    MTP_CHECK(m.tree_mask.numel() == T * m.max_q, "cuda attention: tree mask {} is not [T={}, max_q={}]",
+              m.tree_mask.shape_str(), T, m.max_q);
+  }
+  if (T == 0) return;
+  const int group = int(nh / kvh);
+  const int NI = D <= 64 ? 1 : D <= 128 ? 2 : D <= 256 ? 4 : 8;
+  const int max_gb = NI == 8 ? 4 : 8;
+  int gb = 1;
+  while (gb < std::min(group, max_gb)) gb *= 2;
+  const int hblocks = (group + gb - 1) / gb;
+
+  // Split planning from the shape only: the page table bounds the slots of every sequence.
+  const int64_t max_slots = std::max<int64_t>(1, pt.pages.dim(1) * pt.page_size);
+  const int64_t ctas = T * kvh * hblocks;
+  int64_t chunk = 256;
+  while (chunk < max_slots && ctas * ((max_slots + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
+    chunk *= 2;
+  const int nsplit = int((max_slots + chunk - 1) / chunk);
+  MTP_CHECK(T < (1LL << 31) && nsplit < 65536 && kvh * hblocks < 65536, "cuda attention: grid too large");
+
+  AttnParams p{};
+  p.q = cbf(q);
+  p.out = mbf(out);
+  p.kc = cbf(k_cache);
+  p.vc = cbf(v_cache);
+  p.cu_q = m.cu_q.ptr<const int32_t>();
+  p.prefix = m.prefix_len.ptr<const int32_t>();
+  p.pos = m.positions.ptr<const int32_t>();
+  p.tree = m.tree_mask.defined() ? m.tree_mask.ptr<const uint8_t>() : nullptr;
+  p.pages = pt.pages.ptr<const int32_t>();
+  p.err = c.err;
+  p.page_stride = pt.pages.dim(1);
+  p.num_slots = k_cache.dim(0);
+  p.S = m.num_seqs;
+  p.max_q = m.max_q;
+  p.page_size = pt.page_size;
+  p.nh = int(nh);
+  p.kvh = int(kvh);
+  p.group = group;
+  p.hblocks = hblocks;
+  p.D = int(D);
+  p.window = window;
+  p.chunk = int(chunk);
+  p.nsplit = nsplit;
+  p.block_keys = m.block_keys;
+  Tensor ws_acc, ws_ml;
+  if (nsplit > 1) {
+    ws_acc = scratch(be, DType::F32, T * nh * nsplit * D);
+    ws_ml = scratch(be, DType::F32, T * nh * nsplit * 2);
+    p.ws_acc = ws_acc.ptr<float>();
+    p.ws_ml = ws_ml.ptr<float>();
+  }
+  dim3 grid(unsigned(T), unsigned(kvh * hblocks), unsigned(nsplit));
+  switch (NI) {
+    case 1: launch_attn_ni<1>(p, gb, grid, c.stream); break;
+    case 2: launch_attn_ni<2>(p, gb, grid, c.stream); break;
+    case 4: launch_attn_ni<4>(p, gb, grid, c.stream); break;
+    default: launch_attn_ni<8>(p, gb, grid, c.stream); break;
+  }
+  check_launch("attention");
+  if (nsplit > 1) {
+    attn_merge_kernel<<<unsigned(T * nh), 128, 0, c.stream>>>(mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D),
+                                                             nsplit, c.err);
+    check_launch("attention (merge)");
+  }
+}
+
+}  // namespace mtpserve::cuda

@@ -1,0 +1,113 @@
+// Shared pieces of the CUDA backend: error checks, bf16 helpers, the per-backend context (stream, cuBLAS,
+// device error word) and the launch functions of each op family (one .cu file per family).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace mtpserve::cuda {
+
+#define CUDA_OK(expr, op)                                                                              \
+  do {                                                                                                 \
+    cudaError_t e_ = (expr);                                                                           \
+    if (e_ != cudaSuccess) ::mtpserve::fail("cuda {}: {} failed: {}", op, #expr, cudaGetErrorString(e_)); \
+  } while (0)
+
+#define CUBLAS_OK(expr, op)                                                                  \
+  do {                                                                                       \
+    cublasStatus_t s_ = (expr);                                                              \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                         \
+      ::mtpserve::fail("cuda {}: {} failed: {}", op, #expr, cublasGetStatusString(s_));      \
+  } while (0)
+
+// Check the last launch error (after every kernel launch).
+inline void check_launch(const char* op) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) ::mtpserve::fail("cuda {}: kernel launch failed: {}", op, cudaGetErrorString(e));
+}
+
+// Device-side error word for data-dependent failures (bad token id, freed page, row without keys): a kernel
+// records the first one with atomicCAS, the host reads it at the next synchronising call and throws.
+enum ErrCode : int { kErrNone = 0, kErrTokenId = 1, kErrFreedPage = 2, kErrNoKey = 3, kErrRowIndex = 4, kErrSlot = 5 };
+struct DevErr {
+  int code, a, b, c;
+};
+__device__ inline void report_error(DevErr* e, int code, int a, int b, int c) {
+  if (atomicCAS(&e->code, 0, code) == 0) {
+    e->a = a;
+    e->b = b;
+    e->c = c;
+  }
+}
+
+struct Ctx {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  void* cublas_ws = nullptr;
+  size_t cublas_ws_bytes = 0;
+  DevErr* err = nullptr;  // device
+  int num_sms = 132;
+  int gemv_max_m = 1;  // MTP_GEMV_MAX_M overrides
+  int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
+};
+
+// Scratch memory from the backend's caching allocator (returned when the Tensor's holder goes away).
+Tensor scratch(Backend& be, DType t, int64_t n);
+
+__device__ __forceinline__ float bf(const __nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float round_bf(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float c = 0.7978845608028654f;
+  return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+inline const __nv_bfloat16* cbf(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.data); }
+inline __nv_bfloat16* mbf(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
+inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 32) {
+  int64_t b = (n + threads - 1) / threads;
+  return unsigned(b < 1 ? 1 : (b > max_blocks ? max_blocks : b));
+}
+
+void need(const Tensor& t, DType d, const char* op, const char* what);
+void need_cuda(const Tensor& t, const char* op, const char* what);
+
+// --- launchers (one file per family) ---
+// norm.cu
+void embed(Ctx&, Tensor out, const Tensor& ids, const Tensor& table, float scale);
+void rms_norm(Ctx&, Tensor out, const Tensor& x, const Tensor& w, float eps);
+void add(Ctx&, Tensor out, const Tensor& a, const Tensor& b);
+void scale(Ctx&, Tensor out, const Tensor& x, float s);
+void mul_bcast(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
+void gelu_mul(Ctx&, Tensor out, const Tensor& gate, const Tensor& up);
+void gelu_mul_fused(Ctx&, Tensor out, const Tensor& gu);
+void transpose01(Ctx&, Tensor out, const Tensor& x);
+void gather_rows(Ctx&, Tensor out, const Tensor& x, const Tensor& rows);
+void softcap(Ctx&, Tensor x, float cap);
+void fill_random(Ctx&, Tensor t, uint64_t seed, float mean, float std, bool normal);
+// linear.cu
+void linear(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
+void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M, const __nv_bfloat16* w,
+               int64_t N, int64_t K);
+// rope.cu
+void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
+// attention.cu
+void kv_write(Ctx&, Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
+              const KvPageTable& pt);
+void attention(Backend&, Ctx&, Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               const AttnMeta& m, const KvPageTable& pt, int window);
+// moe.cu
+void moe_route(Ctx&, Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale, int top_k);
+void moe_experts(Backend&, Ctx&, Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
+                 const Tensor& gate_up, const Tensor& down);
+// sampling.cu
+void argmax(Ctx&, Tensor out, const Tensor& x);
+void to_f32(Ctx&, Tensor out, const Tensor& x);
+
+}  // namespace mtpserve::cuda

@@ -1,0 +1,288 @@
+// Row and elementwise ops: embed, rms_norm, add, scale, mul_bcast, gelu_mul(_fused), transpose01, gather_rows,
+// softcap, and the seeded random fill used for on-device dummy weights. fp32 math, one bf16 rounding per output
+// (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
+#include "backend/cuda/cuda_common.cuh"
+
+namespace mtpserve::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__global__ void embed_kernel(bf16* out, const int32_t* ids, const bf16* table, int64_t V, int64_t H, float scale,
+                             DevErr* err) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = ids[t];
+  bf16* o = out + t * H;
+  if (id < 0 || id >= V) {
+    if (threadIdx.x == 0) report_error(err, kErrTokenId, id, int(V), 0);
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) o[h] = __float2bfloat16_rn(0.0f);
+    return;
+  }
+  const bf16* row = table + int64_t(id) * H;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) o[h] = __float2bfloat16_rn(bf(row[h]) * scale);
+}
+
+template <int TPR>
+__global__ void rms_norm_kernel(bf16* out, const bf16* x, const bf16* w, int64_t R, int64_t D, float eps) {
+  const int rows_per_block = blockDim.x / TPR;
+  const int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / TPR;
+  const int lane = threadIdx.x % TPR;
+  if (row >= R) return;  // TPR > 32 launches one row per block, so this is block-uniform there
+  const bf16* xr = x + row * D;
+  float ss = 0.f;
+  for (int64_t i = lane; i < D; i += TPR) {
+    float v = bf(xr[i]);
+    ss += v * v;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if constexpr (TPR > 32) {
+    __shared__ float part[TPR / 32];
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < TPR / 32; i++) ss += part[i];
+  }
+  const float inv = 1.0f / sqrtf(ss / float(D) + eps);
+  bf16* orow = out + row * D;
+  for (int64_t i = lane; i < D; i += TPR) {
+    float v = bf(xr[i]) * inv;
+    if (w) v *= bf(w[i]);
+    orow[i] = __float2bfloat16_rn(v);
+  }
+}
+
+__global__ void add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(bf(a[i]) + bf(b[i]));
+}
+__global__ void scale_kernel(bf16* out, const bf16* x, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(bf(x[i]) * s);
+}
+template <typename W>
+__global__ void mul_bcast_kernel(bf16* out, const bf16* x, const W* w, int64_t n, int64_t D) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float wv;
+    if constexpr (std::is_same_v<W, float>) wv = w[i % D];
+    else wv = bf(w[i % D]);
+    out[i] = __float2bfloat16_rn(bf(x[i]) * wv);
+  }
+}
+__global__ void gelu_mul_kernel(bf16* out, const bf16* g, const bf16* u, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(g[i]))) * bf(u[i]));
+}
+__global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int64_t I) {
+  const int64_t n = M * I;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t m = i / I, j = i % I;
+    out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(gu[m * 2 * I + j]))) * bf(gu[m * 2 * I + I + j]));
+  }
+}
+template <typename E>
+__global__ void transpose01_kernel(E* out, const E* x, int64_t A, int64_t B, int64_t C) {
+  const int64_t n = A * B * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t c = i % C, ba = i / C, a = ba % A, b = ba / A;  // out index (b, a, c)
+    out[i] = x[(a * B + b) * C + c];
+  }
+}
+template <typename E>
+__global__ void gather_rows_kernel(E* out, const E* x, const int32_t* rows, int64_t R, int64_t T, int64_t C,
+                                   DevErr* err) {
+  const int64_t n = R * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r = i / C, c = i % C;
+    int32_t src = rows[r];
+    if (src < 0 || src >= T) {
+      if (c == 0) report_error(err, kErrRowIndex, src, int(T), 0);
+      continue;
+    }
+    out[i] = x[int64_t(src) * C + c];
+  }
+}
+__global__ void softcap_bf16_kernel(bf16* x, float cap, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = round_bf(bf(x[i]) / cap);  // HF: (logits / cap), tanh, * cap, each rounded to bf16
+    v = round_bf(tanhf(v));
+    x[i] = __float2bfloat16_rn(v * cap);
+  }
+}
+__global__ void softcap_f32_kernel(float* x, float cap, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = cap * tanhf(x[i] / cap);
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+template <typename E>
+__global__ void fill_random_kernel(E* out, int64_t n, uint64_t seed, float mean, float std, bool normal) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t h = mix64(seed ^ mix64(uint64_t(i)));
+    float u1 = (float((h >> 40) & 0xffffff) + 0.5f) * (1.0f / 16777216.0f);
+    float u2 = float((h >> 16) & 0xffffff) * (1.0f / 16777216.0f);
+    float v = normal ? mean + std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2) : mean + std * (2.0f * u1 - 1.0f);
+    if constexpr (std::is_same_v<E, float>) out[i] = v;
+    else out[i] = __float2bfloat16_rn(v);
+  }
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+void embed(Ctx& c, Tensor out, const Tensor& ids, const Tensor& table, float scale) {
+  need(out, DType::BF16, "embed", "out");
+  need(ids, DType::I32, "embed", "ids");
+  need(table, DType::BF16, "embed", "table");
+  const int64_t T = ids.numel(), V = table.dim(0), H = table.numel() / V;
+  MTP_CHECK(out.numel() == T * H, "cuda embed: out {} does not hold {} rows of {}", out.shape_str(), T, H);
+  if (T == 0) return;
+  embed_kernel<<<unsigned(T), kThreads, 0, c.stream>>>(mbf(out), ids.ptr<const int32_t>(), cbf(table), V, H, scale,
+                                                       c.err);
+  check_launch("embed");
+}
+
+void rms_norm(Ctx& c, Tensor out, const Tensor& x, const Tensor& w, float eps) {
+  need(out, DType::BF16, "rms_norm", "out");
+  need(x, DType::BF16, "rms_norm", "x");
+  if (w.defined()) need(w, DType::BF16, "rms_norm", "w");
+  const int64_t D = w.defined() ? w.numel() : x.dim(-1);
+  MTP_CHECK(D > 0 && x.numel() % D == 0 && out.numel() == x.numel(), "cuda rms_norm: x {} / w [{}] / out {}",
+            x.shape_str(), D, out.shape_str());
+  const int64_t R = x.numel() / D;
+  if (R == 0) return;
+  const bf16* wp = w.defined() ? cbf(w) : nullptr;
+  if (D >= 1024) {
+    rms_norm_kernel<256><<<unsigned(R), 256, 0, c.stream>>>(mbf(out), cbf(x), wp, R, D, eps);
+  } else {
+    rms_norm_kernel<32><<<unsigned((R + 7) / 8), 256, 0, c.stream>>>(mbf(out), cbf(x), wp, R, D, eps);
+  }
+  check_launch("rms_norm");
+}
+
+static void same3(const Tensor& out, const Tensor& a, const Tensor& b, const char* op) {
+  need(out, DType::BF16, op, "out");
+  need(a, DType::BF16, op, "a");
+  need(b, DType::BF16, op, "b");
+  MTP_CHECK(a.numel() == b.numel() && out.numel() == a.numel(), "cuda {}: shapes {} {} {} differ", op,
+            a.shape_str(), b.shape_str(), out.shape_str());
+}
+
+void add(Ctx& c, Tensor out, const Tensor& a, const Tensor& b) {
+  same3(out, a, b, "add");
+  const int64_t n = a.numel();
+  if (!n) return;
+  add_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(a), cbf(b), n);
+  check_launch("add");
+}
+void scale(Ctx& c, Tensor out, const Tensor& x, float s) {
+  need(out, DType::BF16, "scale", "out");
+  need(x, DType::BF16, "scale", "x");
+  MTP_CHECK(out.numel() == x.numel(), "cuda scale: shapes {} {} differ", x.shape_str(), out.shape_str());
+  const int64_t n = x.numel();
+  if (!n) return;
+  scale_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), s, n);
+  check_launch("scale");
+}
+void mul_bcast(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
+  need(out, DType::BF16, "mul_bcast", "out");
+  need(x, DType::BF16, "mul_bcast", "x");
+  need_cuda(w, "mul_bcast", "w");
+  const int64_t D = w.numel(), n = x.numel();
+  MTP_CHECK(D > 0 && n % D == 0 && out.numel() == n, "cuda mul_bcast: x {} / w {} / out {}", x.shape_str(),
+            w.shape_str(), out.shape_str());
+  if (!n) return;
+  if (w.dtype == DType::F32)
+    mul_bcast_kernel<float><<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), w.ptr<const float>(), n, D);
+  else if (w.dtype == DType::BF16)
+    mul_bcast_kernel<bf16><<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), cbf(w), n, D);
+  else
+    fail("cuda mul_bcast: w must be BF16 or F32, got {}", dtype_name(w.dtype));
+  check_launch("mul_bcast");
+}
+void gelu_mul(Ctx& c, Tensor out, const Tensor& gate, const Tensor& up) {
+  same3(out, gate, up, "gelu_mul");
+  const int64_t n = gate.numel();
+  if (!n) return;
+  gelu_mul_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(gate), cbf(up), n);
+  check_launch("gelu_mul");
+}
+void gelu_mul_fused(Ctx& c, Tensor out, const Tensor& gu) {
+  need(out, DType::BF16, "gelu_mul_fused", "out");
+  need(gu, DType::BF16, "gelu_mul_fused", "gu");
+  const int64_t M = gu.dim(0), I = gu.row_numel() / 2;
+  MTP_CHECK(gu.row_numel() % 2 == 0 && out.numel() == M * I, "cuda gelu_mul_fused: gu {} / out {}", gu.shape_str(),
+            out.shape_str());
+  if (!M || !I) return;
+  gelu_mul_fused_kernel<<<grid_for(M * I, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(gu), M, I);
+  check_launch("gelu_mul_fused");
+}
+void transpose01(Ctx& c, Tensor out, const Tensor& x) {
+  need_cuda(out, "transpose01", "out");
+  need_cuda(x, "transpose01", "x");
+  MTP_CHECK(out.dtype == x.dtype && out.numel() == x.numel() && x.ndim >= 2, "cuda transpose01: x {} / out {}",
+            x.shape_str(), out.shape_str());
+  const int64_t A = x.dim(0), B = x.dim(1), n = x.numel();
+  if (!n) return;
+  const int64_t C = n / (A * B);
+  const unsigned g = grid_for(n, kThreads);
+  switch (dtype_size(x.dtype)) {
+    case 1: transpose01_kernel<uint8_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), A, B, C); break;
+    case 2: transpose01_kernel<uint16_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), A, B, C); break;
+    case 4: transpose01_kernel<uint32_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), A, B, C); break;
+    default: transpose01_kernel<uint64_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), A, B, C);
+  }
+  check_launch("transpose01");
+}
+void gather_rows(Ctx& c, Tensor out, const Tensor& x, const Tensor& rows) {
+  need_cuda(out, "gather_rows", "out");
+  need_cuda(x, "gather_rows", "x");
+  need(rows, DType::I32, "gather_rows", "rows");
+  const int64_t C = x.row_numel(), R = rows.numel(), T = x.dim(0);
+  MTP_CHECK(out.dtype == x.dtype && out.numel() == R * C, "cuda gather_rows: x {} / rows {} / out {}", x.shape_str(),
+            rows.shape_str(), out.shape_str());
+  if (!R || !C) return;
+  const unsigned g = grid_for(R * C, kThreads);
+  const int32_t* rp = rows.ptr<const int32_t>();
+  switch (dtype_size(x.dtype)) {
+    case 1: gather_rows_kernel<uint8_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), rp, R, T, C, c.err); break;
+    case 2: gather_rows_kernel<uint16_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), rp, R, T, C, c.err); break;
+    case 4: gather_rows_kernel<uint32_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), rp, R, T, C, c.err); break;
+    default: gather_rows_kernel<uint64_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), rp, R, T, C, c.err);
+  }
+  check_launch("gather_rows");
+}
+void softcap(Ctx& c, Tensor x, float cap) {
+  need_cuda(x, "softcap", "x");
+  const int64_t n = x.numel();
+  if (!n) return;
+  if (x.dtype == DType::BF16)
+    softcap_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(x), cap, n);
+  else if (x.dtype == DType::F32)
+    softcap_f32_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(x.ptr<float>(), cap, n);
+  else
+    fail("cuda softcap: x must be BF16 or F32, got {}", dtype_name(x.dtype));
+  check_launch("softcap");
+}
+void fill_random(Ctx& c, Tensor t, uint64_t seed, float mean, float std, bool normal) {
+  need_cuda(t, "fill_random", "t");
+  const int64_t n = t.numel();
+  if (!n) return;
+  const unsigned g = grid_for(n, kThreads, 132 * 64);
+  if (t.dtype == DType::BF16)
+    fill_random_kernel<bf16><<<g, kThreads, 0, c.stream>>>(mbf(t), n, seed, mean, std, normal);
+  else if (t.dtype == DType::F32)
+    fill_random_kernel<float><<<g, kThreads, 0, c.stream>>>(t.ptr<float>(), n, seed, mean, std, normal);
+  else
+    fail("cuda fill_random: dtype {} is not BF16 or F32", dtype_name(t.dtype));
+  check_launch("fill_random");
+}
+
+}  // namespace mtpserve::cuda
