@@ -77,6 +77,79 @@ DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys) {
   return m;
 }
 
+void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
+                   const LayerContext& ctx) {
+  MTP_ASSERT(ctx.attn && ctx.pages && ctx.inv_freq && ctx.k_cache.defined());
+  const DType act = be.act_dtype();
+  const int64_t T = x.dim(0), H = c.hidden_size, nh = c.num_attention_heads;
+  const int64_t D = s.head_dim, kvh = s.num_kv_heads, I = s.mlp_width, P = c.hidden_size_per_layer_input;
+  const float eps = float(c.rms_norm_eps);
+  Tensor h = be.alloc(act, {T, H});  // normed input of a sub-block
+  Tensor o = be.alloc(act, {T, H});  // sub-block output
+
+  // --- attention: q/k/v projections, per-head RMSNorm (v without weight), RoPE on q and k ---
+  be.rms_norm(h, x, lw.input_layernorm, eps);
+  Tensor q = be.alloc(act, {T, nh, D});
+  be.linear(q.view({T, nh * D}), h, lw.q_proj);
+  be.rms_norm(q, q, lw.q_norm, eps);
+  be.rope(q, ctx.attn->positions, *ctx.inv_freq);
+  if (s.stores_kv) {
+    Tensor k = be.alloc(act, {T, kvh, D}), v = be.alloc(act, {T, kvh, D});
+    be.linear(k.view({T, kvh * D}), h, lw.k_proj);
+    if (s.has_v_proj) be.linear(v.view({T, kvh * D}), h, lw.v_proj);
+    else be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
+    be.rms_norm(k, k, lw.k_norm, eps);
+    be.rope(k, ctx.attn->positions, *ctx.inv_freq);
+    be.rms_norm(v, v, Tensor(), eps);
+    be.kv_write(ctx.k_cache, ctx.v_cache, k, v, *ctx.attn, *ctx.pages);
+  }
+  Tensor attn = be.alloc(act, {T, nh, D});
+  be.attention(attn, q, ctx.k_cache, ctx.v_cache, *ctx.attn, *ctx.pages, ctx.window);
+  be.linear(o, attn.view({T, nh * D}), lw.o_proj);
+  be.rms_norm(o, o, lw.post_attention_layernorm, eps);
+  be.add(x, x, o);  // x = residual + post_attention_layernorm(attn_out)
+
+  // --- feed-forward: gated GELU MLP, plus the MoE block in parallel on the same residual ---
+  be.rms_norm(h, x, lw.pre_feedforward_layernorm, eps);
+  Tensor gate = be.alloc(act, {T, I}), up = be.alloc(act, {T, I});
+  be.linear(gate, h, lw.gate_proj);
+  be.linear(up, h, lw.up_proj);
+  be.gelu_mul(gate, gate, up);
+  be.linear(o, gate, lw.down_proj);
+  if (c.enable_moe_block) {
+    const int64_t E = c.num_experts, K = c.top_k_experts;
+    be.rms_norm(o, o, lw.post_feedforward_layernorm_1, eps);  // h1
+    // Router: RMSNorm(no weight) * scale * H^-0.5 -> logits [T, E] -> softmax, top-k, renorm, expert scale
+    Tensor z = be.alloc(act, {T, H});
+    be.rms_norm(z, x, Tensor(), eps);
+    be.mul_bcast(z, z, lw.router_scale);
+    be.scale(z, z, float(1.0 / std::sqrt(double(H))));
+    Tensor logits = be.alloc(act, {T, E});
+    be.linear(logits, z, lw.router_proj);
+    Tensor rw = be.alloc(DType::F32, {T, K}), re = be.alloc(DType::I32, {T, K});
+    be.moe_route(rw, re, logits, lw.router_per_expert_scale, int(K));
+    be.rms_norm(h, x, lw.pre_feedforward_layernorm_2, eps);  // the experts read r, not the dense MLP input
+    Tensor moe = be.alloc(act, {T, H});
+    be.moe_experts(moe, h, rw, re, lw.experts_gate_up, lw.experts_down);
+    be.rms_norm(moe, moe, lw.post_feedforward_layernorm_2, eps);  // h2
+    be.add(o, o, moe);
+  }
+  be.rms_norm(o, o, lw.post_feedforward_layernorm, eps);
+  be.add(x, x, o);
+
+  // --- per-layer embedding gate, after the FFN residual ---
+  if (P > 0) {
+    MTP_ASSERT(ctx.ple.defined());
+    Tensor g = be.alloc(act, {T, P});
+    be.linear(g, x, lw.per_layer_input_gate);
+    be.gelu_mul(g, g, ctx.ple);
+    be.linear(o, g, lw.per_layer_projection);
+    be.rms_norm(o, o, lw.post_per_layer_input_norm, eps);
+    be.add(x, x, o);
+  }
+  be.mul_bcast(x, x, lw.layer_scalar);  // the whole residual stream is scaled
+}
+
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& be) {
   ModelConfig cfg = load_config(dir);
   MTP_CHECK(cfg.kind == ModelKind::Target, "{}: is an assistant checkpoint (model_type {}), not a target model",
@@ -120,7 +193,7 @@ ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) con
   const TextConfig& c = cfg_.text;
   Backend& be = be_;
   const DType act = be.act_dtype();
-  const int64_t T = int64_t(batch.tokens.size()), H = c.hidden_size, nh = c.num_attention_heads;
+  const int64_t T = int64_t(batch.tokens.size()), H = c.hidden_size;
   const int64_t L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
   const float eps = float(c.rms_norm_eps);
   MTP_CHECK(T > 0 && batch.positions.size() == size_t(T), "forward: need as many positions as tokens");
@@ -149,77 +222,17 @@ ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) con
     be.transpose01(ple, proj.view({T, L, P}));
   }
 
-  Tensor h = be.alloc(act, {T, H});      // normed input of a sub-block
-  Tensor o = be.alloc(act, {T, H});      // sub-block output
   for (int64_t i = 0; i < L; i++) {
     const LayerSpec& s = c.layers[i];
-    const LayerWeights& lw = w_.layers[i];
-    const int64_t D = s.head_dim, kvh = s.num_kv_heads, I = s.mlp_width;
-    const Tensor& inv_freq = this->inv_freq(s.type);
-    const KvPageTable& pt = s.type == LayerType::Full ? meta.full : meta.sliding;
-    const int window = s.type == LayerType::Sliding ? c.sliding_window : 0;
-
-    // --- attention: q/k/v projections, per-head RMSNorm (v without weight), RoPE on q and k ---
-    be.rms_norm(h, x, lw.input_layernorm, eps);
-    Tensor q = be.alloc(act, {T, nh, D});
-    be.linear(q.view({T, nh * D}), h, lw.q_proj);
-    be.rms_norm(q, q, lw.q_norm, eps);
-    be.rope(q, meta.attn.positions, inv_freq);
-    if (s.stores_kv) {
-      Tensor k = be.alloc(act, {T, kvh, D}), v = be.alloc(act, {T, kvh, D});
-      be.linear(k.view({T, kvh * D}), h, lw.k_proj);
-      if (s.has_v_proj) be.linear(v.view({T, kvh * D}), h, lw.v_proj);
-      else be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
-      be.rms_norm(k, k, lw.k_norm, eps);
-      be.rope(k, meta.attn.positions, inv_freq);
-      be.rms_norm(v, v, Tensor(), eps);
-      be.kv_write(kv.k[i], kv.v[i], k, v, meta.attn, pt);
-    }
-    // KV-shared layers read the cache of their owner layer (written earlier in this same forward).
-    Tensor attn = be.alloc(act, {T, nh, D});
-    be.attention(attn, q, kv.k[s.kv_source], kv.v[s.kv_source], meta.attn, pt, window);
-    be.linear(o, attn.view({T, nh * D}), lw.o_proj);
-    be.rms_norm(o, o, lw.post_attention_layernorm, eps);
-    be.add(x, x, o);  // x = residual + post_attention_layernorm(attn_out)
-
-    // --- feed-forward: gated GELU MLP, plus the MoE block in parallel on the same residual ---
-    be.rms_norm(h, x, lw.pre_feedforward_layernorm, eps);
-    Tensor gate = be.alloc(act, {T, I}), up = be.alloc(act, {T, I});
-    be.linear(gate, h, lw.gate_proj);
-    be.linear(up, h, lw.up_proj);
-    be.gelu_mul(gate, gate, up);
-    be.linear(o, gate, lw.down_proj);
-    if (c.enable_moe_block) {
-      const int64_t E = c.num_experts, K = c.top_k_experts;
-      be.rms_norm(o, o, lw.post_feedforward_layernorm_1, eps);  // h1
-      // Router: RMSNorm(no weight) * scale * H^-0.5 -> logits [T, E] -> softmax, top-k, renorm, expert scale
-      Tensor z = be.alloc(act, {T, H});
-      be.rms_norm(z, x, Tensor(), eps);
-      be.mul_bcast(z, z, lw.router_scale);
-      be.scale(z, z, float(1.0 / std::sqrt(double(H))));
-      Tensor logits = be.alloc(act, {T, E});
-      be.linear(logits, z, lw.router_proj);
-      Tensor rw = be.alloc(DType::F32, {T, K}), re = be.alloc(DType::I32, {T, K});
-      be.moe_route(rw, re, logits, lw.router_per_expert_scale, int(K));
-      be.rms_norm(h, x, lw.pre_feedforward_layernorm_2, eps);  // the experts read r, not the dense MLP input
-      Tensor moe = be.alloc(act, {T, H});
-      be.moe_experts(moe, h, rw, re, lw.experts_gate_up, lw.experts_down);
-      be.rms_norm(moe, moe, lw.post_feedforward_layernorm_2, eps);  // h2
-      be.add(o, o, moe);
-    }
-    be.rms_norm(o, o, lw.post_feedforward_layernorm, eps);
-    be.add(x, x, o);
-
-    // --- per-layer embedding gate, after the FFN residual ---
-    if (P > 0) {
-      Tensor g = be.alloc(act, {T, P});
-      be.linear(g, x, lw.per_layer_input_gate);
-      be.gelu_mul(g, g, ple.rows(i, i + 1).view({T, P}));
-      be.linear(o, g, lw.per_layer_projection);
-      be.rms_norm(o, o, lw.post_per_layer_input_norm, eps);
-      be.add(x, x, o);
-    }
-    be.mul_bcast(x, x, lw.layer_scalar);  // the whole residual stream is scaled
+    LayerContext ctx;
+    ctx.attn = &meta.attn;
+    ctx.pages = s.type == LayerType::Full ? &meta.full : &meta.sliding;
+    ctx.k_cache = kv.k[s.kv_source];  // KV-shared layers read their owner's cache, written earlier this forward
+    ctx.v_cache = kv.v[s.kv_source];
+    ctx.window = s.type == LayerType::Sliding ? c.sliding_window : 0;
+    ctx.inv_freq = &inv_freq(s.type);
+    if (P > 0) ctx.ple = ple.rows(i, i + 1).view({T, P});
+    decoder_layer(be, x, w_.layers[i], s, c, ctx);
   }
 
   // Final norm on the requested rows, tied head, final softcap.

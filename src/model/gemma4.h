@@ -54,6 +54,20 @@ struct DeviceMeta {
 };
 DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys);
 
+// What one decoder layer reads besides its weights. The target and the assistant run the same layer code.
+struct LayerContext {
+  const AttnMeta* attn = nullptr;
+  const KvPageTable* pages = nullptr;  // of the pool the layer's KV lives in
+  Tensor k_cache, v_cache;             // the KV-owning layer's cache (written first if the layer owns it)
+  int window = 0;                      // 0: full attention
+  const Tensor* inv_freq = nullptr;    // RoPE of the layer type
+  Tensor ple;                          // [T, P] per-layer input, undefined without PLE
+};
+
+// One Gemma4TextDecoderLayer on the residual stream x [T, H] (gemma4-architecture.md §2.9), in place.
+void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
+                   const LayerContext& ctx);
+
 // Inverse RoPE frequencies [D/2] for one layer type (default, or proportional with partial rotation).
 std::vector<float> rope_inv_freq(const RopeParams& p, int head_dim);
 

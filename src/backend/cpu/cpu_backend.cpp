@@ -356,6 +356,34 @@ class CpuBackend final : public Backend {
   void to_f32(Tensor out, const Tensor& x) override {
     for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = load(x, i);
   }
+
+  void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& cscores,
+                           const Tensor& ordering, const Tensor& embed, int top_k) override {
+    const int64_t B = y.dim(0), Ha = y.dim(1), C = cscores.dim(1), V = embed.dim(0), per = V / C;
+    MTP_ASSERT(V % C == 0 && top_k > 0 && top_k <= C && cand_ids.numel() == B * top_k * per &&
+               cand_scores.numel() == B * top_k * per && ordering.numel() == V && ordering.dtype == DType::I64);
+    std::vector<int> idx(C);
+    std::vector<float> row(Ha);
+    for (int64_t b = 0; b < B; b++) {
+      const float* c = cscores.ptr<const float>() + b * C;
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
+                        [&](int a, int z) { return c[a] > c[z] || (c[a] == c[z] && a < z); });
+      const float* yv = y.ptr<const float>() + b * Ha;
+      for (int k = 0; k < top_k; k++) {
+        for (int64_t j = 0; j < per; j++) {
+          int64_t id = ordering.ptr<const int64_t>()[idx[k] * per + j];
+          MTP_CHECK(id >= 0 && id < V, "centroid head: token_ordering holds id {} outside [0, {})", id, V);
+          load_rows(row.data(), embed, id, 1);
+          float d = 0;
+          for (int64_t e = 0; e < Ha; e++) d += yv[e] * row[e];
+          int64_t o = b * top_k * per + k * per + j;
+          cand_ids.ptr<int32_t>()[o] = int32_t(id);
+          cand_scores.ptr<float>()[o] = d;
+        }
+      }
+    }
+  }
 };
 
 }  // namespace
