@@ -8,6 +8,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "engine/generate.h"
+#include "server/tokenizer.h"
 
 namespace mtpserve::cli {
 namespace {
@@ -70,15 +71,28 @@ void add_generate_command(CLI::App& app) {
   auto o = std::make_shared<ModelOpts>();
   auto max_tokens = std::make_shared<int>(32);
   auto as_json = std::make_shared<bool>(false);
+  auto prompt = std::make_shared<std::string>();
   add_model_opts(c, *o);
-  c->add_option("--prompt-tokens", o->tokens, "comma-separated prompt token ids, e.g. 2,651,1234")->required();
+  auto* pt = c->add_option("--prompt-tokens", o->tokens, "comma-separated prompt token ids, e.g. 2,651,1234");
+  auto* ptext = c->add_option("--prompt", *prompt,
+                              "prompt text, tokenized with the model's tokenizer.json (a <bos> is prepended)");
+  pt->excludes(ptext);
+  (void)pt;
   c->add_option("--max-tokens", *max_tokens, "tokens to generate")->check(CLI::PositiveNumber);
   c->add_flag("--json", *as_json, "print one JSON object instead of text");
-  c->callback([o, max_tokens, as_json] {
+  c->callback([o, max_tokens, as_json, prompt] {
     auto be = make_cpu_backend();
     auto t0 = std::chrono::steady_clock::now();
     auto model = Gemma4Model::load(o->model_dir, *be);
-    auto ids = parse_token_list(o->tokens, "--prompt-tokens");
+    std::optional<Tokenizer> tok;
+    std::vector<int32_t> ids;
+    if (!prompt->empty()) {
+      tok = Tokenizer::load(o->model_dir);
+      ids = tok->encode(*prompt, /*add_special_tokens=*/true);
+      if (ids.empty() || ids[0] != model->config().bos_token_id) ids.insert(ids.begin(), model->config().bos_token_id);
+    } else {
+      ids = parse_token_list(o->tokens, "--prompt-tokens");
+    }
     int total = int(ids.size()) + *max_tokens;
     int pages = o->kv_pages ? o->kv_pages : (total + kPageSize - 1) / kPageSize + 1;
     KvCache kv(*model, pages, pages);
@@ -95,7 +109,7 @@ void add_generate_command(CLI::App& app) {
     }
     std::string s;
     for (size_t i = 0; i < r.tokens.size(); i++) s += (i ? "," : "") + std::to_string(r.tokens[i]);
-    fmt::print("{}\n", s);
+    fmt::print("{}\n", tok ? tok->decode(r.tokens, /*skip_special_tokens=*/false) : s);
     fmt::print(stderr, "loaded in {:.2f} s; {} prompt + {} generated tokens in {:.3f} s ({:.1f} tokens/s) on {}\n",
                load_s, ids.size(), r.tokens.size(), gen_s, double(r.tokens.size()) / gen_s, be->name());
   });

@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "mtpserve 0.1.0");
   mtpserve::cli::add_logits_command(app);
   mtpserve::cli::add_generate_command(app);
+  mtpserve::cli::add_tokenize_command(app);
+  mtpserve::cli::add_render_chat_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
