@@ -1,0 +1,605 @@
+// The serving engine loop (DESIGN.md §6-§7). Each step:
+//   1. admit waiting requests and apply cancellations;
+//   2. schedule under the token budget: a verify block [bonus, drafts...] for every running request past
+//      prefill, and prefill chunks for the others; reserve KV pages (preempting the newest request by
+//      recompute when a pool runs out);
+//   3. draft with the assistant for the verify blocks (batched, K steps);
+//   4. one target forward over all blocks and chunks;
+//   5. accept (greedy or exact rejection sampling), commit, stream outputs, retire finished requests.
+// A request's counters: `tokens` = prompt + emitted output; the KV holds tokens[0, computed). Past prefill,
+// computed == tokens.size() - 1: the last emitted token (the bonus) has no KV yet.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "engine/kv_cache.h"
+#include "engine/sampler.h"
+#include "model/assistant.h"
+#ifdef MTPSERVE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace mtpserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Req {
+  GenerationRequest r;
+  OutputCallback cb;
+  std::vector<int32_t> tokens;  // prompt + emitted
+  int prompt_len = 0;
+  int computed = 0;             // tokens with KV
+  int emitted = 0;              // output tokens delivered
+  SeqPages pages;
+  std::vector<float> seed_h;    // target post-norm hidden at computed-1 (valid past prefill)
+  PenaltyState pen;
+  Rng rng{0};
+  bool cancelled = false;
+  Clock::time_point arrival;
+  double ttft = -1;
+  int drafted = 0, accepted = 0, verifies = 0;
+  bool prefilling() const { return computed < int(tokens.size()) - (emitted > 0 ? 1 : 0); }
+};
+
+// What one request does in a step.
+struct Work {
+  Req* q;
+  int q_len = 0;      // rows in the forward
+  int k = 0;          // drafts (verify blocks)
+  std::vector<int32_t> drafts;
+  bool verify = false;
+  bool last_chunk = false;  // a prefill chunk that completes the prompt
+  int row0 = 0;       // first row in the forward batch
+  int out0 = 0;       // first output row
+};
+
+class EngineImpl final : public Engine {
+ public:
+  explicit EngineImpl(const EngineOptions& o) : opts_(o) {
+    MTP_CHECK(o.max_running > 0 && o.max_waiting >= 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0,
+              "engine: max_running, max_batch_tokens and prefill_chunk must be positive");
+    MTP_CHECK(o.num_draft >= 0 && o.num_draft <= 16, "engine: num_draft must be in [0, 16], got {}", o.num_draft);
+    MTP_CHECK(o.draft_topk == 1, "engine: tree drafting (draft_topk {}) is not available yet; use 1", o.draft_topk);
+    be_ = make_backend(o.backend);
+    target_ = Gemma4Model::load(o.model_dir, *be_);
+    if (!o.assistant_dir.empty()) assistant_ = Gemma4Assistant::load(o.assistant_dir, *target_, o.query_pos_offset);
+    const TextConfig& c = target_->config();
+    // KV pools from the memory budget. The sliding pool never needs more than, per running request, its
+    // window plus a verify block (and page rounding), plus the step's token budget for prefill chunks: pages
+    // behind the window are returned every step. The full pool gets the rest.
+    int64_t budget = o.kv_memory_bytes > 0 ? o.kv_memory_bytes : int64_t(512) << 20;
+    int64_t full_tok = 0, slide_tok = 0;  // bytes per token slot in each pool
+    for (const LayerSpec& s : c.layers)
+      if (s.stores_kv)
+        (s.type == LayerType::Full ? full_tok : slide_tok) +=
+            2 * int64_t(s.num_kv_heads) * s.head_dim * int64_t(dtype_size(be_->act_dtype()));
+    int per_req = (c.sliding_window + o.num_draft + 1 + kPageSize - 1) / kPageSize + 2;
+    int slide_pages = slide_tok > 0 ? o.max_running * per_req + o.max_batch_tokens / kPageSize + o.max_running : 1;
+    int64_t left = budget - int64_t(slide_pages) * kPageSize * slide_tok;
+    MTP_CHECK(left > 0, "engine: KV memory {} bytes is too small for the sliding-window pool of {} requests",
+              budget, o.max_running);
+    int full_pages = full_tok > 0 ? int(std::min<int64_t>(left / (kPageSize * full_tok), 1 << 22)) : 1;
+    MTP_CHECK(full_pages >= 4, "engine: KV memory {} bytes leaves only {} full-attention pages", budget, full_pages);
+    kv_ = std::make_unique<KvCache>(*target_, full_pages, slide_pages);
+    info_.model_dir = o.model_dir;
+    info_.assistant_dir = o.assistant_dir;
+    info_.backend = be_->name();
+    info_.vocab_size = c.vocab_size;
+    info_.kv_capacity_tokens = int64_t(full_pages) * kPageSize;
+    int cap = int(std::min<int64_t>(info_.kv_capacity_tokens - kPageSize, c.max_position_embeddings));
+    info_.max_model_len = o.max_model_len > 0 ? std::min(o.max_model_len, cap) : cap;
+    info_.eos_token_ids = c.eos_token_ids;
+    info_.bos_token_id = c.bos_token_id;
+    worker_ = std::thread([this] { loop(); });
+  }
+  ~EngineImpl() override { shutdown(); }
+
+  const ModelInfo& info() const override { return info_; }
+
+  bool submit(GenerationRequest r, OutputCallback cb) override {
+    const int V = info_.vocab_size;
+    MTP_CHECK(!r.prompt.empty(), "the prompt is empty");
+    for (int32_t t : r.prompt) MTP_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary [0, {})", t, V);
+    MTP_CHECK(int(r.prompt.size()) < info_.max_model_len,
+              "the prompt has {} tokens but the context limit is {} (prompt plus at least one generated token)",
+              r.prompt.size(), info_.max_model_len);
+    MTP_CHECK(r.sampling.max_tokens >= 1, "max_tokens must be at least 1, got {}", r.sampling.max_tokens);
+    auto q = std::make_unique<Req>();
+    q->r = std::move(r);
+    q->cb = std::move(cb);
+    q->tokens = q->r.prompt;
+    q->prompt_len = int(q->tokens.size());
+    q->rng = Rng(q->r.sampling.seed ? *q->r.sampling.seed : std::random_device{}() * 0x9e3779b97f4a7c15ull);
+    q->arrival = Clock::now();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_ || int(inbox_.size() + waiting_.size()) >= opts_.max_waiting) return false;
+      inbox_.push_back(std::move(q));
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  void cancel(const std::string& id) override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      cancels_.insert(id);
+    }
+    cv_.notify_one();
+  }
+
+  EngineStats stats() const override {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    return stats_;
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_ && !worker_.joinable()) return;
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    if (worker_.joinable()) worker_.join();
+  }
+
+ private:
+  static std::unique_ptr<Backend> make_backend(const std::string& name) {
+    MTP_CHECK(name == "auto" || name == "cpu" || name == "cuda", "backend must be auto, cpu or cuda, got '{}'",
+              name);
+#ifdef MTPSERVE_HAVE_CUDA
+    if (name != "cpu") {
+      try {
+        return make_cuda_backend(0);
+      } catch (const Error& e) {
+        if (name == "cuda") throw;
+      }
+    }
+#else
+    MTP_CHECK(name != "cuda", "backend cuda requested but this build has no CUDA support");
+#endif
+    return make_cpu_backend();
+  }
+
+  // ---- the loop -------------------------------------------------------------------------------------
+  void loop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !running_.empty() ||
+                                  !waiting_.empty(); });
+        if (stopping_) break;
+        for (auto& q : inbox_) waiting_.push_back(std::move(q));
+        inbox_.clear();
+        for (const auto& id : cancels_) pending_cancels_.insert(id);
+        cancels_.clear();
+      }
+      try {
+        step();
+      } catch (const std::exception& e) {
+        // A failed step poisons only the requests in it: finish them with an error, keep serving.
+        for (auto& q : running_) finish(*q, FinishReason::Error, e.what());
+        retire();
+      }
+      publish_stats();
+    }
+    // Shutdown: every live request ends with Abort.
+    for (auto& q : running_) finish(*q, FinishReason::Abort);
+    for (auto& q : waiting_) finish(*q, FinishReason::Abort);
+    retire();
+    waiting_.clear();
+  }
+
+  void apply_cancels() {
+    if (pending_cancels_.empty()) return;
+    for (auto& q : running_)
+      if (pending_cancels_.count(q->r.id)) q->cancelled = true;
+    for (auto& q : waiting_)
+      if (pending_cancels_.count(q->r.id)) q->cancelled = true;
+    pending_cancels_.clear();
+    for (auto& q : running_)
+      if (q->cancelled) finish(*q, FinishReason::Abort);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if ((*it)->cancelled) {
+        finish(**it, FinishReason::Abort);
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    retire();
+  }
+
+  int draft_len(const Req& q) const {
+    if (!assistant_ || !q.r.spec.enabled || q.r.spec.max_draft == 0) return 0;
+    int k = opts_.num_draft;
+    if (q.r.spec.max_draft > 0) k = std::min(k, q.r.spec.max_draft);
+    int left_tokens = q.r.sampling.max_tokens - q.emitted;  // tokens still allowed (drafts + next)
+    k = std::min(k, left_tokens - 1);
+    k = std::min(k, info_.max_model_len - int(q.tokens.size()) - 1);
+    return std::max(k, 0);
+  }
+
+  // Free pages of the newest running request and send it back to the front of the waiting queue.
+  void preempt(Req& q) {
+    kv_->release(q.pages);
+    q.computed = 0;
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.preemptions++;
+  }
+
+  void step() {
+    apply_cancels();
+    // Admit while there is room in the running set.
+    while (!waiting_.empty() && int(running_.size()) < opts_.max_running) {
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    if (running_.empty()) return;
+
+    // ---- schedule: verify blocks first (they are latency-critical), then prefill chunks ----
+    std::vector<Work> work;
+    int budget = opts_.max_batch_tokens;
+    for (auto& qp : running_) {
+      Req& q = *qp;
+      if (q.prefilling()) continue;
+      int k = draft_len(q);
+      if (budget < 1) break;
+      k = std::min(k, budget - 1);
+      work.push_back({&q, 1 + k, k, {}, true});
+      budget -= 1 + k;
+    }
+    for (auto& qp : running_) {
+      Req& q = *qp;
+      if (!q.prefilling() || budget <= 0) continue;
+      int target_len = int(q.tokens.size()) - (q.emitted > 0 ? 1 : 0);  // recompute after preemption too
+      int n = std::min({target_len - q.computed, opts_.prefill_chunk, budget});
+      Work w{&q, n, 0, {}, false};
+      w.last_chunk = q.computed + n == target_len;
+      work.push_back(w);
+      budget -= n;
+    }
+    // ---- reserve KV. A prefill chunk that does not fit waits; a verify block that does not fit preempts the
+    // newest other request (recomputed later from its tokens) ----
+    for (size_t i = 0; i < work.size();) {
+      Req& q = *work[i].q;
+      if (kv_->reserve(q.pages, q.computed + work[i].q_len)) {
+        i++;
+        continue;
+      }
+      if (!work[i].verify) {
+        work.erase(work.begin() + long(i));
+        continue;
+      }
+      Req* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it)
+        if (it->get() != &q && !(*it)->pages.full.empty()) {
+          victim = it->get();
+          break;
+        }
+      MTP_CHECK(victim, "the KV cache is too small for one request of {} tokens", q.computed + work[i].q_len);
+      preempt(*victim);
+      for (size_t j = 0; j < work.size(); j++)
+        if (work[j].q == victim) {
+          work.erase(work.begin() + long(j));
+          if (j < i) i--;
+          break;
+        }
+    }
+    if (work.empty()) return;
+
+    // ---- draft ----
+    draft(work);
+
+    // ---- one target forward over every block and chunk ----
+    ForwardBatch fb;
+    int out_rows = 0;
+    for (Work& w : work) {
+      Req& q = *w.q;
+      w.row0 = int(fb.tokens.size());
+      w.out0 = out_rows;
+      if (w.verify) {
+        fb.tokens.push_back(q.tokens.back());
+        for (int32_t d : w.drafts) fb.tokens.push_back(d);
+      } else {
+        fb.tokens.insert(fb.tokens.end(), q.tokens.begin() + q.computed, q.tokens.begin() + q.computed + w.q_len);
+      }
+      for (int i = 0; i < w.q_len; i++) fb.positions.push_back(q.computed + i);
+      fb.seqs.push_back({w.q_len, q.computed, &q.pages.full, &q.pages.sliding});
+      if (w.verify) {
+        for (int i = 0; i < w.q_len; i++) fb.output_rows.push_back(w.row0 + i);
+        out_rows += w.q_len;
+      } else if (w.last_chunk) {
+        fb.output_rows.push_back(w.row0 + w.q_len - 1);
+        out_rows += 1;
+      }
+    }
+    ForwardOutput o = target_->forward(fb, kv_->storage());
+    const int V = info_.vocab_size;
+    const int64_t H = target_->config().hidden_size;
+    std::vector<float> logits(size_t(out_rows) * V), hidden(size_t(out_rows) * H);
+    if (out_rows > 0) {
+      be_->copy_to_host(logits.data(), o.logits);
+      read_act(hidden.data(), o.hidden);
+    }
+
+    // ---- accept, commit, emit ----
+    for (Work& w : work) {
+      Req& q = *w.q;
+      if (!w.verify) {
+        q.computed += w.q_len;
+        if (!w.last_chunk) continue;
+        const float* row = logits.data() + size_t(w.out0) * V;
+        q.seed_h.assign(hidden.begin() + size_t(w.out0) * H, hidden.begin() + size_t(w.out0 + 1) * H);
+        if (q.emitted > 0) continue;  // recomputed after preemption: the next token is already the bonus
+        int32_t t = sample_token(row, V, q.r.sampling, q.pen, q.rng);
+        q.pen.add(t);
+        emit(q, {t}, {row});
+      } else {
+        const float* rows = logits.data() + size_t(w.out0) * V;
+        ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng);
+        q.computed += 1 + a.accepted;  // the bonus and the accepted drafts now have KV
+        q.seed_h.assign(hidden.begin() + size_t(w.out0 + a.accepted) * H,
+                        hidden.begin() + size_t(w.out0 + a.accepted + 1) * H);
+        std::vector<int32_t> toks(w.drafts.begin(), w.drafts.begin() + a.accepted);
+        toks.push_back(a.next);
+        std::vector<const float*> lrows;
+        for (int i = 0; i <= a.accepted; i++) lrows.push_back(rows + size_t(i) * V);
+        q.drafted += w.k;
+        q.accepted += a.accepted;
+        q.verifies++;
+        {
+          std::lock_guard<std::mutex> lk(stats_mu_);
+          stats_.drafted_tokens += w.k;
+          stats_.accepted_tokens += a.accepted;
+          stats_.verify_steps++;
+        }
+        emit(q, toks, lrows);
+      }
+      // Sliding pages no future query (target or assistant) can see any more.
+      kv_->trim_sliding(q.pages, q.computed - target_->config().sliding_window);
+    }
+    retire();
+  }
+
+  // Draft w.k tokens for every verify block, batched across requests (rows drop out as their k is reached).
+  void draft(std::vector<Work>& work) {
+    std::vector<Work*> rows;
+    int kmax = 0;
+    for (Work& w : work)
+      if (w.verify && w.k > 0) rows.push_back(&w), kmax = std::max(kmax, w.k);
+    if (rows.empty()) return;
+    const int64_t Hb = target_->config().hidden_size;
+    std::vector<float> h(rows.size() * Hb);
+    for (size_t i = 0; i < rows.size(); i++) std::copy(rows[i]->q->seed_h.begin(), rows[i]->q->seed_h.end(), h.begin() + i * Hb);
+    std::vector<int32_t> tok;
+    for (Work* w : rows) tok.push_back(w->q->tokens.back());
+    for (int s = 0; s < kmax; s++) {
+      // Rows still drafting at this step.
+      std::vector<size_t> live;
+      for (size_t i = 0; i < rows.size(); i++)
+        if (rows[i]->k > s) live.push_back(i);
+      DraftRows dr;
+      std::vector<float> hl(live.size() * Hb);
+      for (size_t j = 0; j < live.size(); j++) {
+        Req& q = *rows[live[j]]->q;
+        dr.tokens.push_back(tok[live[j]]);
+        dr.seqs.push_back({1, q.computed, &q.pages.full, &q.pages.sliding});
+        std::copy(h.begin() + live[j] * Hb, h.begin() + (live[j] + 1) * Hb, hl.begin() + j * Hb);
+      }
+      Tensor ht = upload_act(hl, {int64_t(live.size()), Hb});
+      DraftStepOutput o = assistant_->step(dr, ht, kv_->storage());
+      std::vector<float> hn(live.size() * Hb);
+      read_act(hn.data(), o.hidden);
+      std::vector<int32_t> next = pick_drafts(o, int(live.size()));
+      for (size_t j = 0; j < live.size(); j++) {
+        rows[live[j]]->drafts.push_back(next[j]);
+        tok[live[j]] = next[j];
+        std::copy(hn.begin() + j * Hb, hn.begin() + (j + 1) * Hb, h.begin() + live[j] * Hb);
+      }
+    }
+  }
+
+  // Greedy draft token of each row: argmax of the dense logits, or of the centroid head's candidates.
+  std::vector<int32_t> pick_drafts(const DraftStepOutput& o, int B) {
+    std::vector<int32_t> out(B);
+    if (o.logits.defined()) {
+      int64_t V = o.logits.dim(1);
+      std::vector<float> l(size_t(B) * V);
+      be_->copy_to_host(l.data(), o.logits);
+      for (int b = 0; b < B; b++)
+        out[b] = int32_t(std::max_element(l.begin() + b * V, l.begin() + (b + 1) * V) - (l.begin() + b * V));
+    } else {
+      int64_t N = o.cand_ids.dim(1);
+      std::vector<float> sc(size_t(B) * N);
+      std::vector<int32_t> id(size_t(B) * N);
+      be_->copy_to_host(sc.data(), o.cand_scores);
+      be_->copy_to_host(id.data(), o.cand_ids);
+      for (int b = 0; b < B; b++) {
+        auto best = std::max_element(sc.begin() + b * N, sc.begin() + (b + 1) * N);
+        out[b] = id[size_t(best - sc.begin())];
+      }
+    }
+    return out;
+  }
+
+  // Activations <-> host fp32.
+  void read_act(float* dst, const Tensor& t) {
+    if (t.dtype == DType::F32) {
+      be_->copy_to_host(dst, t);
+      return;
+    }
+    Tensor f = be_->alloc(DType::F32, {t.numel()});
+    be_->to_f32(f, t);
+    be_->copy_to_host(dst, f);
+  }
+  Tensor upload_act(const std::vector<float>& v, std::initializer_list<int64_t> shape) {
+    Tensor t = be_->alloc(be_->act_dtype(), shape);
+    if (t.dtype == DType::F32) {
+      be_->copy_from_host(t, v.data());
+    } else {
+      std::vector<uint16_t> b(v.size());
+      for (size_t i = 0; i < v.size(); i++) b[i] = f32_to_bf16(v[i]);
+      be_->copy_from_host(t, b.data());
+    }
+    return t;
+  }
+
+  // Deliver tokens committed for q in this step; stop at EOS / stop ids / max_tokens / context limit.
+  void emit(Req& q, std::vector<int32_t> toks, const std::vector<const float*>& rows) {
+    const auto& sp = q.r.sampling;
+    RequestOutput out;
+    out.id = q.r.id;
+    FinishReason fin = FinishReason::None;
+    for (size_t i = 0; i < toks.size(); i++) {
+      int32_t t = toks[i];
+      q.tokens.push_back(t);
+      q.emitted++;
+      out.tokens.push_back(t);
+      if (sp.want_logprobs) out.logprobs.push_back(token_logprob(rows[i], info_.vocab_size, t, sp.top_logprobs));
+      bool eos = !sp.ignore_eos && std::find(info_.eos_token_ids.begin(), info_.eos_token_ids.end(), t) !=
+                                       info_.eos_token_ids.end();
+      bool stop_id = std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t) != sp.stop_token_ids.end();
+      if (eos || stop_id) {
+        fin = FinishReason::Stop;
+        break;
+      }
+      if (q.emitted >= sp.max_tokens || int(q.tokens.size()) >= info_.max_model_len) {
+        fin = FinishReason::Length;
+        break;
+      }
+    }
+    if (q.ttft < 0) q.ttft = std::chrono::duration<double>(Clock::now() - q.arrival).count();
+    fill_totals(q, out);
+    out.finish = fin;
+    {
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      stats_.generation_tokens += int64_t(out.tokens.size());
+    }
+    if (fin != FinishReason::None) q.cancelled = true;  // retire() frees it
+    deliver(q, out);
+    if (fin != FinishReason::None) q.cb = nullptr;       // the final output was delivered
+  }
+
+  void fill_totals(const Req& q, RequestOutput& out) const {
+    out.prompt_tokens = q.prompt_len;
+    out.completion_tokens = q.emitted;
+    out.drafted_tokens = q.drafted;
+    out.accepted_tokens = q.accepted;
+    out.verify_steps = q.verifies;
+    out.ttft_s = std::max(q.ttft, 0.0);
+  }
+
+  void deliver(Req& q, const RequestOutput& out) {
+    if (!q.cb) return;
+    try {
+      q.cb(out);
+    } catch (...) {
+      // A client callback failing must not take the engine down; the request is aborted.
+      q.cancelled = true;
+      q.cb = nullptr;
+    }
+  }
+
+  void finish(Req& q, FinishReason why, const std::string& err = "") {
+    q.cancelled = true;
+    if (!q.cb) return;
+    RequestOutput out;
+    out.id = q.r.id;
+    out.finish = why;
+    out.error = err;
+    fill_totals(q, out);
+    deliver(q, out);
+    q.cb = nullptr;
+  }
+
+  // Remove cancelled/finished requests from the running set and free their pages.
+  void retire() {
+    for (auto it = running_.begin(); it != running_.end();) {
+      if ((*it)->cancelled) {
+        kv_->release((*it)->pages);
+        {
+          std::lock_guard<std::mutex> lk(stats_mu_);
+          stats_.requests_finished++;
+          stats_.prompt_tokens += (*it)->prompt_len;
+        }
+        it = running_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Preempted requests (no pages, not prefilled) go back to the front of the waiting queue.
+    for (auto it = running_.begin(); it != running_.end();) {
+      if ((*it)->pages.full.empty() && (*it)->computed == 0 && (*it)->emitted > 0) {
+        waiting_.push_front(std::move(*it));
+        it = running_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (opts_.check_invariants) check_invariants();
+  }
+
+  // Pool invariant: pages in use == pages owned by live requests, each owned once.
+  void check_invariants() {
+    std::set<int> full, slide;
+    auto own = [&](const Req& q) {
+      for (int p : q.pages.full) MTP_ASSERT(full.insert(p).second && kv_->full_pool().is_used(p));
+      for (int p : q.pages.sliding)
+        if (p >= 0) MTP_ASSERT(slide.insert(p).second && kv_->sliding_pool().is_used(p));
+    };
+    for (auto& q : running_) own(*q);
+    for (auto& q : waiting_) own(*q);
+    MTP_ASSERT(int(full.size()) == kv_->full_pool().capacity() - kv_->full_pool().free_count());
+    MTP_ASSERT(int(slide.size()) == kv_->sliding_pool().capacity() - kv_->sliding_pool().free_count());
+  }
+
+  void publish_stats() {
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.running = int(running_.size());
+    {
+      std::lock_guard<std::mutex> lk2(mu_);
+      stats_.waiting = int(waiting_.size() + inbox_.size());
+    }
+    stats_.full_pages_total = kv_->full_pool().capacity();
+    stats_.full_pages_used = stats_.full_pages_total - kv_->full_pool().free_count();
+    stats_.sliding_pages_total = kv_->sliding_pool().capacity();
+    stats_.sliding_pages_used = stats_.sliding_pages_total - kv_->sliding_pool().free_count();
+  }
+
+  EngineOptions opts_;
+  std::unique_ptr<Backend> be_;
+  std::unique_ptr<Gemma4Model> target_;
+  std::unique_ptr<Gemma4Assistant> assistant_;
+  std::unique_ptr<KvCache> kv_;
+  ModelInfo info_;
+
+  mutable std::mutex mu_;  // inbox_, cancels_, stopping_, (waiting_ size for stats)
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<Req>> inbox_;
+  std::set<std::string> cancels_;
+  bool stopping_ = false;
+
+  // Engine-thread state.
+  std::deque<std::unique_ptr<Req>> waiting_;
+  std::vector<std::unique_ptr<Req>> running_;
+  std::set<std::string> pending_cancels_;
+
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;
+  std::thread worker_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& opts) { return std::make_unique<EngineImpl>(opts); }
+
+}  // namespace mtpserve

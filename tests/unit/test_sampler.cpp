@@ -1,0 +1,176 @@
+// Sampled speculative decoding is distribution-preserving: the tokens emitted by draft + exact rejection
+// sampling have the target's distribution. A chi-square test over the joint distribution of the first two
+// emitted tokens (so the accepted-draft and correction paths both count) does not reject at p = 0.001, and
+// the same test does reject a deliberately broken acceptance rule, so it has the power to fail.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+
+#include "engine/sampler.h"
+
+namespace mtpserve {
+namespace {
+
+constexpr int V = 6;
+
+// A Markov "target": p(next | prev), and a deterministic "drafter" that often, not always, agrees with it.
+struct Toy {
+  float logit[V][V];
+  int draft[V];
+  Toy() {
+    std::mt19937 g(7);
+    std::normal_distribution<float> n(0.0f, 1.2f);
+    for (auto& row : logit)
+      for (auto& x : row) x = n(g);
+    for (int a = 0; a < V; a++) draft[a] = (a * 5 + 1) % V;
+  }
+};
+
+// Quantile of chi-square(df) at 1 - 0.001 (Wilson-Hilferty).
+double chi2_crit(int df) {
+  const double z = 3.090232;
+  double k = 2.0 / (9.0 * df);
+  return df * std::pow(1 - k + z * std::sqrt(k), 3);
+}
+
+using Accept = std::function<ChainAccept(const float*, const int32_t*, int, const SamplingParams&, PenaltyState&, Rng&)>;
+
+// The first two tokens emitted after bonus token 0, by speculative rounds of k drafts.
+std::pair<int, int> two_tokens(const Toy& toy, int k, const SamplingParams& sp, Rng& rng, const Accept& accept) {
+  std::vector<int> out;
+  int bonus = 0;
+  PenaltyState pen;
+  while (out.size() < 2) {
+    std::vector<int32_t> d(k);
+    std::vector<float> rows;
+    int prev = bonus;
+    rows.insert(rows.end(), toy.logit[prev], toy.logit[prev] + V);
+    for (int i = 0; i < k; i++) {
+      d[i] = toy.draft[prev];
+      prev = d[i];
+      rows.insert(rows.end(), toy.logit[prev], toy.logit[prev] + V);
+    }
+    ChainAccept a = accept(rows.data(), d.data(), k, sp, pen, rng);
+    for (int i = 0; i < a.accepted; i++) out.push_back(d[i]);
+    out.push_back(a.next);
+    bonus = a.next;
+  }
+  return {out[0], out[1]};
+}
+
+// Chi-square statistic of N speculative samples against the exact target joint p(x1|0) p(x2|x1).
+double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, int* df) {
+  Toy toy;
+  PenaltyState none;
+  std::vector<double> expect(V * V, 0.0);
+  auto p1 = target_probs(toy.logit[0], V, sp, none);
+  for (int a = 0; a < V; a++) {
+    auto p2 = target_probs(toy.logit[a], V, sp, none);
+    for (int b = 0; b < V; b++) expect[a * V + b] = double(p1[a]) * p2[b] * N;
+  }
+  std::vector<int> seen(V * V, 0);
+  Rng rng(12345);
+  for (int i = 0; i < N; i++) {
+    auto [a, b] = two_tokens(toy, k, sp, rng, accept);
+    seen[a * V + b]++;
+  }
+  double chi = 0;
+  *df = -1;
+  for (int c = 0; c < V * V; c++) {
+    if (expect[c] == 0) {
+      if (seen[c]) return INFINITY;  // a token the target can never produce
+      continue;
+    }
+    chi += (seen[c] - expect[c]) * (seen[c] - expect[c]) / expect[c];
+    (*df)++;
+  }
+  return chi;
+}
+
+Accept real() {
+  return [](const float* rows, const int32_t* d, int k, const SamplingParams& sp, PenaltyState& pen, Rng& rng) {
+    return accept_chain(rows, V, d, k, sp, pen, rng);
+  };
+}
+
+TEST(SpeculativeSampling, MatchesTargetDistribution) {
+  for (int k : {1, 3}) {
+    for (float temp : {1.0f, 0.7f}) {
+      SamplingParams sp;
+      sp.temperature = temp;
+      if (temp < 1) sp.top_k = 5, sp.top_p = 0.9f, sp.min_p = 0.05f;
+      int df = 0;
+      double chi = chi2_stat(sp, k, real(), 24000, &df);
+      std::printf("k=%d T=%.1f: chi2 %.1f (df %d, critical %.1f)\n", k, temp, chi, df, chi2_crit(df));
+      EXPECT_LT(chi, chi2_crit(df)) << "k=" << k << " T=" << temp << " df=" << df;
+    }
+  }
+}
+
+TEST(SpeculativeSampling, BrokenAcceptanceRuleIsRejected) {
+  // Broken: accept a draft whenever the target gives it any probability at all (instead of with probability
+  // p(d)): drafted tokens become far too frequent.
+  Accept broken = [](const float* rows, const int32_t* d, int k, const SamplingParams& sp, PenaltyState& pen,
+                     Rng& rng) {
+    ChainAccept r;
+    for (int i = 0; i <= k; i++) {
+      auto p = target_probs(rows + size_t(i) * V, V, sp, pen);
+      if (i < k && p[d[i]] > 0) {
+        r.accepted++;
+        continue;
+      }
+      r.next = sample_from(p, rng);
+      break;
+    }
+    return r;
+  };
+  SamplingParams sp;
+  int df = 0;
+  double chi = chi2_stat(sp, 3, broken, 24000, &df);
+  std::printf("broken rule: chi2 %.1f (df %d, critical %.1f)\n", chi, df, chi2_crit(df));
+  EXPECT_GT(chi, chi2_crit(df));
+}
+
+TEST(SpeculativeSampling, GreedyChainAcceptsTheMatchingPrefix) {
+  float rows[3][V] = {{0, 5, 0, 0, 0, 0}, {0, 0, 7, 0, 0, 0}, {0, 0, 0, 0, 9, 0}};
+  SamplingParams sp;
+  sp.temperature = 0;
+  PenaltyState pen;
+  Rng rng(1);
+  int32_t d[2] = {1, 3};  // first matches the target's argmax, second does not
+  auto a = accept_chain(&rows[0][0], V, d, 2, sp, pen, rng);
+  EXPECT_EQ(a.accepted, 1);
+  EXPECT_EQ(a.next, 2);
+  int32_t all[2] = {1, 2};
+  auto b = accept_chain(&rows[0][0], V, all, 2, sp, pen, rng);
+  EXPECT_EQ(b.accepted, 2);
+  EXPECT_EQ(b.next, 4);  // the bonus from the last row
+}
+
+TEST(SpeculativeSampling, PenaltiesAndFilters) {
+  float l[V] = {3, 2.9f, 1, 0, -1, -2};
+  SamplingParams sp;
+  sp.temperature = 1;
+  sp.top_k = 2;
+  PenaltyState pen;
+  auto p = target_probs(l, V, sp, pen);
+  EXPECT_GT(p[0], 0);
+  EXPECT_GT(p[1], 0);
+  for (int v = 2; v < V; v++) EXPECT_EQ(p[v], 0);
+  sp.top_k = 0;
+  sp.presence_penalty = 2;
+  pen.add(0);
+  sp.temperature = 0;
+  EXPECT_EQ(greedy_token(l, V, sp, pen), 1);  // token 0 penalised below token 1
+  sp.temperature = 1;
+  sp.min_p = 0.5f;
+  auto q = target_probs(l, V, sp, pen);
+  // Penalised logits {1, 2.9, 1, 0, -1, -2}: only token 1 keeps at least half the top probability.
+  EXPECT_EQ(q[0], 0.0f);
+  EXPECT_FLOAT_EQ(q[1], 1.0f);
+}
+
+}  // namespace
+}  // namespace mtpserve
