@@ -14,7 +14,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <cmath>
 #include <map>
+#include <numeric>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -57,6 +59,9 @@ struct Work {
   std::vector<int32_t> drafts;
   bool verify = false;
   bool last_chunk = false;  // a prefill chunk that completes the prompt
+  // Tree blocks (draft_topk > 1): drafts[i] is node i+1 of the block, parent[i] its parent's block index
+  // (0 = the root, the bonus token); nodes are ordered by depth.
+  std::vector<int> parent;
   int row0 = 0;       // first row in the forward batch
   int out0 = 0;       // first output row
 };
@@ -67,7 +72,8 @@ class EngineImpl final : public Engine {
     MTP_CHECK(o.max_running > 0 && o.max_waiting >= 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0,
               "engine: max_running, max_batch_tokens and prefill_chunk must be positive");
     MTP_CHECK(o.num_draft >= 0 && o.num_draft <= 16, "engine: num_draft must be in [0, 16], got {}", o.num_draft);
-    MTP_CHECK(o.draft_topk == 1, "engine: tree drafting (draft_topk {}) is not available yet; use 1", o.draft_topk);
+    MTP_CHECK(o.draft_topk >= 1 && o.draft_topk <= 8, "engine: draft_topk must be in [1, 8], got {}", o.draft_topk);
+    MTP_CHECK(o.num_draft_tokens >= 0, "engine: num_draft_tokens must be >= 0");
     be_ = make_backend(o.backend);
     target_ = Gemma4Model::load(o.model_dir, *be_);
     if (!o.assistant_dir.empty()) assistant_ = Gemma4Assistant::load(o.assistant_dir, *target_, o.query_pos_offset);
@@ -81,7 +87,7 @@ class EngineImpl final : public Engine {
       if (s.stores_kv)
         (s.type == LayerType::Full ? full_tok : slide_tok) +=
             2 * int64_t(s.num_kv_heads) * s.head_dim * int64_t(dtype_size(be_->act_dtype()));
-    int per_req = (c.sliding_window + o.num_draft + 1 + kPageSize - 1) / kPageSize + 2;
+    int per_req = (c.sliding_window + max_block() + kPageSize - 1) / kPageSize + 2;
     int slide_pages = slide_tok > 0 ? o.max_running * per_req + o.max_batch_tokens / kPageSize + o.max_running : 1;
     int64_t left = budget - int64_t(slide_pages) * kPageSize * slide_tok;
     MTP_CHECK(left > 0, "engine: KV memory {} bytes is too small for the sliding-window pool of {} requests",
@@ -218,6 +224,17 @@ class EngineImpl final : public Engine {
     retire();
   }
 
+  // Tree nodes per block (root excluded) for depth k: num_draft_tokens, default k * topk, at most what k
+  // steps of top-k expansion can produce.
+  int tree_nodes(int k) const {
+    int t = opts_.draft_topk, most = t + (k - 1) * t * t;
+    int n = opts_.num_draft_tokens > 0 ? opts_.num_draft_tokens - 1 : k * t;
+    return std::min(n, most);
+  }
+  int max_block() const {
+    return 1 + (opts_.draft_topk > 1 ? tree_nodes(opts_.num_draft) : opts_.num_draft);
+  }
+
   int draft_len(const Req& q) const {
     if (!assistant_ || !q.r.spec.enabled || q.r.spec.max_draft == 0) return 0;
     int k = opts_.num_draft;
@@ -253,9 +270,10 @@ class EngineImpl final : public Engine {
       if (q.prefilling()) continue;
       int k = draft_len(q);
       if (budget < 1) break;
-      k = std::min(k, budget - 1);
-      work.push_back({&q, 1 + k, k, {}, true});
-      budget -= 1 + k;
+      int nodes = opts_.draft_topk > 1 && k > 0 ? tree_nodes(k) : k;
+      if (1 + nodes > budget) k = nodes = 0;  // no room for drafts this step: plain decode
+      work.push_back({&q, 1 + nodes, k, {}, true});
+      budget -= 1 + nodes;
     }
     for (auto& qp : running_) {
       Req& q = *qp;
@@ -312,7 +330,13 @@ class EngineImpl final : public Engine {
       } else {
         fb.tokens.insert(fb.tokens.end(), q.tokens.begin() + q.computed, q.tokens.begin() + q.computed + w.q_len);
       }
-      for (int i = 0; i < w.q_len; i++) fb.positions.push_back(q.computed + i);
+      if (w.parent.empty()) {
+        for (int i = 0; i < w.q_len; i++) fb.positions.push_back(q.computed + i);
+      } else {  // tree nodes sit at L + depth
+        std::vector<int> depth(w.q_len, 0);
+        for (int i = 1; i < w.q_len; i++) depth[i] = depth[w.parent[i - 1]] + 1;
+        for (int i = 0; i < w.q_len; i++) fb.positions.push_back(q.computed + depth[i]);
+      }
       fb.seqs.push_back({w.q_len, q.computed, &q.pages.full, &q.pages.sliding});
       if (w.verify) {
         for (int i = 0; i < w.q_len; i++) fb.output_rows.push_back(w.row0 + i);
@@ -322,6 +346,7 @@ class EngineImpl final : public Engine {
         out_rows += 1;
       }
     }
+    build_tree_mask(work, fb);
     ForwardOutput o = target_->forward(fb, kv_->storage());
     const int V = info_.vocab_size;
     const int64_t H = target_->config().hidden_size;
@@ -345,21 +370,31 @@ class EngineImpl final : public Engine {
         emit(q, {t}, {row});
       } else {
         const float* rows = logits.data() + size_t(w.out0) * V;
-        ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng);
-        q.computed += 1 + a.accepted;  // the bonus and the accepted drafts now have KV
-        q.seed_h.assign(hidden.begin() + size_t(w.out0 + a.accepted) * H,
-                        hidden.begin() + size_t(w.out0 + a.accepted + 1) * H);
-        std::vector<int32_t> toks(w.drafts.begin(), w.drafts.begin() + a.accepted);
-        toks.push_back(a.next);
-        std::vector<const float*> lrows;
-        for (int i = 0; i <= a.accepted; i++) lrows.push_back(rows + size_t(i) * V);
-        q.drafted += w.k;
-        q.accepted += a.accepted;
+        std::vector<int> path;  // block indices of the committed nodes after the root
+        int32_t next;
+        if (w.parent.empty()) {
+          ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng);
+          for (int i = 1; i <= a.accepted; i++) path.push_back(i);
+          next = a.next;
+        } else {
+          next = accept_tree(w, rows, V, q, path);
+          compact_kv(q, path);
+        }
+        const int accepted = int(path.size());
+        int last = path.empty() ? 0 : path.back();
+        q.computed += 1 + accepted;  // the bonus and the accepted drafts now have KV
+        q.seed_h.assign(hidden.begin() + size_t(w.out0 + last) * H, hidden.begin() + size_t(w.out0 + last + 1) * H);
+        std::vector<int32_t> toks;
+        std::vector<const float*> lrows{rows};
+        for (int b : path) toks.push_back(w.drafts[b - 1]), lrows.push_back(rows + size_t(b) * V);
+        toks.push_back(next);
+        q.drafted += int(w.drafts.size());
+        q.accepted += accepted;
         q.verifies++;
         {
           std::lock_guard<std::mutex> lk(stats_mu_);
-          stats_.drafted_tokens += w.k;
-          stats_.accepted_tokens += a.accepted;
+          stats_.drafted_tokens += int64_t(w.drafts.size());
+          stats_.accepted_tokens += accepted;
           stats_.verify_steps++;
         }
         emit(q, toks, lrows);
@@ -372,6 +407,7 @@ class EngineImpl final : public Engine {
 
   // Draft w.k tokens for every verify block, batched across requests (rows drop out as their k is reached).
   void draft(std::vector<Work>& work) {
+    if (opts_.draft_topk > 1) return draft_trees(work);
     std::vector<Work*> rows;
     int kmax = 0;
     for (Work& w : work)
@@ -404,6 +440,186 @@ class EngineImpl final : public Engine {
         rows[live[j]]->drafts.push_back(next[j]);
         tok[live[j]] = next[j];
         std::copy(hn.begin() + j * Hb, hn.begin() + (j + 1) * Hb, h.begin() + live[j] * Hb);
+      }
+    }
+  }
+
+
+  // ---- tree drafting (draft_topk > 1), mtp-algorithm.md §2.4 ----
+  // Per request: step 0 expands the seed into the top-k tokens; each later step runs the assistant on the k
+  // frontier nodes (each with its parent's recurrent state) and keeps the k best of their k*k children by
+  // cumulative log-probability. The block takes the best `tree_nodes(k)` of all expanded nodes (a child
+  // never scores above its parent, so the set is ancestor-closed), ordered by depth.
+  struct Node {
+    int32_t token;
+    int parent;  // index into the node list, -1 = root
+    int depth;
+    float score;
+    int hrow;    // row of `hs` holding the state this node's children are drafted from
+  };
+
+  // Top-t (token, log-prob) of each row of an assistant step (log-softmax over the vocabulary, or over the
+  // centroid head's candidates with -inf elsewhere).
+  std::vector<std::vector<std::pair<int32_t, float>>> top_children(const DraftStepOutput& o, int B, int t) {
+    std::vector<std::vector<std::pair<int32_t, float>>> out(B);
+    bool dense = o.logits.defined();
+    int64_t N = dense ? o.logits.dim(1) : o.cand_ids.dim(1);
+    std::vector<float> sc(size_t(B) * N);
+    std::vector<int32_t> id;
+    be_->copy_to_host(sc.data(), dense ? o.logits : o.cand_scores);
+    if (!dense) {
+      id.resize(size_t(B) * N);
+      be_->copy_to_host(id.data(), o.cand_ids);
+    }
+    for (int b = 0; b < B; b++) {
+      const float* r = sc.data() + size_t(b) * N;
+      float mx = *std::max_element(r, r + N);
+      double sum = 0;
+      for (int64_t j = 0; j < N; j++) sum += std::exp(double(r[j]) - mx);
+      float lse = mx + float(std::log(sum));
+      std::vector<int> idx(N);
+      std::iota(idx.begin(), idx.end(), 0);
+      int k = int(std::min<int64_t>(t, N));
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int x, int y) { return r[x] > r[y] || (r[x] == r[y] && x < y); });
+      for (int i = 0; i < k; i++)
+        out[b].emplace_back(dense ? idx[i] : id[size_t(b) * N + idx[i]], r[idx[i]] - lse);
+    }
+    return out;
+  }
+
+  void draft_trees(std::vector<Work>& work) {
+    const int T = opts_.draft_topk;
+    const int64_t Hb = target_->config().hidden_size;
+    for (Work& w : work) {  // one request at a time: its frontier rows share one KV view
+      if (!w.verify || w.k == 0) continue;
+      Req& q = *w.q;
+      std::vector<Node> nodes;
+      std::vector<float> hs(q.seed_h);  // row 0: the seed state
+      std::vector<int> frontier;        // node indices
+      std::vector<int32_t> in_tok{q.tokens.back()};
+      std::vector<int> in_hrow{0};
+      for (int s = 0; s < w.k; s++) {
+        int B = int(in_tok.size());
+        DraftRows dr;
+        dr.tokens = in_tok;
+        dr.seqs.push_back({B, q.computed, &q.pages.full, &q.pages.sliding});
+        std::vector<float> h(size_t(B) * Hb);
+        for (int b = 0; b < B; b++) std::copy_n(hs.begin() + size_t(in_hrow[b]) * Hb, Hb, h.begin() + size_t(b) * Hb);
+        DraftStepOutput o = assistant_->step(dr, upload_act(h, {B, Hb}), kv_->storage());
+        std::vector<float> hn(size_t(B) * Hb);
+        read_act(hn.data(), o.hidden);
+        int base_row = int(hs.size() / Hb);
+        hs.insert(hs.end(), hn.begin(), hn.end());
+        auto kids = top_children(o, B, T);
+        // Expand every input row; children of row b continue from row b's new state.
+        std::vector<int> cand;
+        for (int b = 0; b < B; b++) {
+          int par = s == 0 ? -1 : frontier[b];
+          float ps = s == 0 ? 0.0f : nodes[par].score;
+          for (auto& [tok, lp] : kids[b]) {
+            nodes.push_back({tok, par, s + 1, ps + lp, base_row + b});
+            cand.push_back(int(nodes.size()) - 1);
+          }
+        }
+        // The next frontier: the T best children of this step.
+        std::stable_sort(cand.begin(), cand.end(), [&](int x, int y) { return nodes[x].score > nodes[y].score; });
+        if (int(cand.size()) > T) cand.resize(T);
+        frontier = cand;
+        in_tok.clear();
+        in_hrow.clear();
+        for (int n : frontier) in_tok.push_back(nodes[n].token), in_hrow.push_back(nodes[n].hrow);
+      }
+      // Select the best nodes, close them under ancestors (ties can break closure), order by depth.
+      std::vector<int> order(nodes.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return nodes[x].score > nodes[y].score; });
+      int want = w.q_len - 1;
+      std::vector<char> keep(nodes.size(), 0);
+      int kept = 0;
+      for (int n : order) {
+        if (kept >= want) break;
+        std::vector<int> chain;
+        for (int a = n; a >= 0 && !keep[a]; a = nodes[a].parent) chain.push_back(a);
+        if (kept + int(chain.size()) > want) continue;
+        for (int a : chain) keep[a] = 1;
+        kept += int(chain.size());
+      }
+      std::vector<int> sel;
+      for (size_t n = 0; n < nodes.size(); n++)
+        if (keep[n]) sel.push_back(int(n));
+      std::stable_sort(sel.begin(), sel.end(), [&](int x, int y) { return nodes[x].depth < nodes[y].depth; });
+      std::vector<int> block_of(nodes.size(), 0);
+      for (size_t i = 0; i < sel.size(); i++) block_of[sel[i]] = int(i) + 1;
+      w.drafts.clear();
+      w.parent.clear();
+      for (int n : sel) {
+        w.drafts.push_back(nodes[n].token);
+        w.parent.push_back(nodes[n].parent < 0 ? 0 : block_of[nodes[n].parent]);
+      }
+      w.q_len = 1 + int(sel.size());
+    }
+  }
+
+  // Batch-wide mask when any block is a tree: a tree node sees the root, its ancestors and itself; every other
+  // row is causal within its sequence's block.
+  void build_tree_mask(const std::vector<Work>& work, ForwardBatch& fb) {
+    bool any = false;
+    for (const Work& w : work) any |= !w.parent.empty();
+    if (!any) return;
+    int max_q = 0;
+    for (const Work& w : work) max_q = std::max(max_q, w.q_len);
+    fb.tree_max_q = max_q;
+    fb.tree_mask.assign(fb.tokens.size() * size_t(max_q), 0);
+    for (const Work& w : work) {
+      for (int i = 0; i < w.q_len; i++) {
+        uint8_t* row = fb.tree_mask.data() + size_t(w.row0 + i) * max_q;
+        if (w.parent.empty()) {
+          for (int j = 0; j <= i; j++) row[j] = 1;
+        } else {
+          for (int a = i; a > 0; a = w.parent[a - 1]) row[a] = 1;
+          row[0] = 1;
+        }
+      }
+    }
+  }
+
+  // Walk the verified tree from the root. Greedy: follow the child equal to the target's choice. Sampled:
+  // draw x from the target distribution at the current node; if x is a child, move there, else x is the
+  // correction token — inverse-CDF sampling over [children..., rest], exactly lossless.
+  int32_t accept_tree(const Work& w, const float* rows, int V, Req& q, std::vector<int>& path) {
+    const SamplingParams& sp = q.r.sampling;
+    int cur = 0;
+    for (;;) {
+      const float* row = rows + size_t(cur) * V;
+      int32_t x = sp.greedy() ? greedy_token(row, V, sp, q.pen) : sample_from(target_probs(row, V, sp, q.pen), q.rng);
+      q.pen.add(x);
+      int child = -1;
+      for (size_t i = 0; i < w.parent.size(); i++)
+        if (w.parent[i] == cur && w.drafts[i] == x) {
+          child = int(i) + 1;
+          break;
+        }
+      if (child < 0) return x;
+      path.push_back(child);
+      cur = child;
+    }
+  }
+
+  // Move the KV of the accepted path (block indices `path`) to the slots right after the root.
+  void compact_kv(Req& q, const std::vector<int>& path) {
+    const TextConfig& c = target_->config();
+    KvStorage& kv = kv_->storage();
+    int L = q.computed;  // the root sits at slot L
+    for (size_t i = 0; i < path.size(); i++) {
+      int dst = L + 1 + int(i), src = L + path[i];
+      if (dst == src) continue;
+      for (int l = 0; l < c.num_hidden_layers; l++) {
+        if (!c.layers[l].stores_kv) continue;
+        const auto& pages = c.layers[l].type == LayerType::Full ? q.pages.full : q.pages.sliding;
+        int64_t ps = int64_t(pages[src / kPageSize]) * kPageSize + src % kPageSize;
+        int64_t pd = int64_t(pages[dst / kPageSize]) * kPageSize + dst % kPageSize;
+        be_->copy(kv.k[l].rows(pd, pd + 1), kv.k[l].rows(ps, ps + 1));
+        be_->copy(kv.v[l].rows(pd, pd + 1), kv.v[l].rows(ps, ps + 1));
       }
     }
   }
