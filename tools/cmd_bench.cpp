@@ -17,6 +17,7 @@ namespace {
 struct Result {
   double al = 0, tok_s = 0, accept_rate = 0;
   int rounds = 0, tokens = 0;
+  std::vector<double> alpha;  // per-depth conditional acceptance
 };
 
 Result run_once(const EngineOptions& o, const std::vector<std::vector<int32_t>>& prompts, int max_tokens) {
@@ -51,6 +52,11 @@ Result run_once(const EngineOptions& o, const std::vector<std::vector<int32_t>>&
   r.al = verifies ? double(emitted - int64_t(prompts.size())) / double(verifies) : 1.0;  // first token: prefill
   r.accept_rate = drafted ? double(accepted) / double(drafted) : 0;
   r.tok_s = double(emitted) / s;
+  EngineStats st = e->stats();
+  for (size_t d = 0; d < st.drafted_at.size(); d++) {
+    int64_t reached = d == 0 ? st.drafted_at[0] : st.accepted_at[d - 1];  // blocks whose depth d was in play
+    r.alpha.push_back(reached ? double(st.accepted_at[d]) / double(std::min(reached, st.drafted_at[d])) : 0);
+  }
   return r;
 }
 }  // namespace
@@ -94,7 +100,8 @@ void add_bench_spec_command(CLI::App& app) {
     }
     if (int(prompts.size()) > *limit) prompts.resize(*limit);
     fmt::print("{} prompts from {} ({}), {} tokens each\n", prompts.size(), pf, *set, *max_tokens);
-    fmt::print("{:>6} {:>3} | {:>8} {:>8} {:>8} {:>9}\n", "offset", "K", "AL", "accept", "rounds", "tok/s");
+    fmt::print("{:>6} {:>3} | {:>8} {:>8} {:>8} {:>9} | per-depth acceptance\n", "offset", "K", "AL", "accept",
+               "rounds", "tok/s");
     for (int32_t off : parse_token_list(*offsets, "--offsets")) {
       for (int32_t k : parse_token_list(*ks, "--k")) {
         EngineOptions o;
@@ -105,7 +112,11 @@ void add_bench_spec_command(CLI::App& app) {
         o.query_pos_offset = off;
         o.max_running = 32;
         Result r = run_once(o, prompts, *max_tokens);
-        fmt::print("{:>6} {:>3} | {:>8.3f} {:>8.3f} {:>8} {:>9.1f}\n", off, k, r.al, r.accept_rate, r.rounds, r.tok_s);
+        std::string alpha;
+        for (double a : r.alpha) alpha += fmt::format(" {:.3f}", a);
+        fmt::print("{:>6} {:>3} | {:>8.3f} {:>8.3f} {:>8} {:>9.1f} |{}\n", off, k, r.al, r.accept_rate, r.rounds, r.tok_s,
+                   alpha);
+        std::fflush(stdout);
       }
     }
   });

@@ -53,7 +53,7 @@ struct Req {
 
 // What one request does in a step.
 struct Work {
-  Req* q;
+  Req* q = nullptr;
   int q_len = 0;      // rows in the forward
   int k = 0;          // drafts (verify blocks)
   std::vector<int32_t> drafts;
@@ -272,7 +272,12 @@ class EngineImpl final : public Engine {
       if (budget < 1) break;
       int nodes = opts_.draft_topk > 1 && k > 0 ? tree_nodes(k) : k;
       if (1 + nodes > budget) k = nodes = 0;  // no room for drafts this step: plain decode
-      work.push_back({&q, 1 + nodes, k, {}, true});
+      Work w;
+      w.q = &q;
+      w.q_len = 1 + nodes;
+      w.k = k;
+      w.verify = true;
+      work.push_back(std::move(w));
       budget -= 1 + nodes;
     }
     for (auto& qp : running_) {
@@ -280,7 +285,9 @@ class EngineImpl final : public Engine {
       if (!q.prefilling() || budget <= 0) continue;
       int target_len = int(q.tokens.size()) - (q.emitted > 0 ? 1 : 0);  // recompute after preemption too
       int n = std::min({target_len - q.computed, opts_.prefill_chunk, budget});
-      Work w{&q, n, 0, {}, false};
+      Work w;
+      w.q = &q;
+      w.q_len = n;
       w.last_chunk = q.computed + n == target_len;
       work.push_back(w);
       budget -= n;
@@ -395,6 +402,9 @@ class EngineImpl final : public Engine {
           std::lock_guard<std::mutex> lk(stats_mu_);
           stats_.drafted_tokens += int64_t(w.drafts.size());
           stats_.accepted_tokens += accepted;
+          if (stats_.drafted_at.size() < size_t(w.k)) stats_.drafted_at.resize(w.k), stats_.accepted_at.resize(w.k);
+          for (int d = 0; d < w.k; d++) stats_.drafted_at[d]++;
+          for (int d = 0; d < accepted; d++) stats_.accepted_at[d]++;
           stats_.verify_steps++;
         }
         emit(q, toks, lrows);

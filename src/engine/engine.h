@@ -35,6 +35,9 @@ struct EngineStats {
   int64_t prompt_tokens = 0, generation_tokens = 0;
   int64_t drafted_tokens = 0, accepted_tokens = 0, verify_steps = 0;
   int64_t requests_finished = 0, preemptions = 0;
+  // Per draft depth d (0 = first draft token): verify blocks that proposed a token at depth d, and those in
+  // which it was accepted. accepted_at[d] / drafted_at[d] is the per-position acceptance.
+  std::vector<int64_t> drafted_at, accepted_at;
 };
 
 struct ModelInfo {
