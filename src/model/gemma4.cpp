@@ -155,7 +155,11 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& 
   MTP_CHECK(cfg.kind == ModelKind::Target, "{}: is an assistant checkpoint (model_type {}), not a target model",
             dir, cfg.model_type);
   Checkpoint ckpt = Checkpoint::open(dir);
-  TargetWeights w = load_target_weights(&ckpt, cfg, be);
+  std::vector<std::string> unexpected;
+  TargetWeights w = load_target_weights(&ckpt, cfg, be, &unexpected);
+  if (!unexpected.empty())  // HF warns the same way about unexpected keys; they are not used
+    fmt::print(stderr, "warning: {}: {} unused tensors in the checkpoint, e.g. '{}'\n", dir, unexpected.size(),
+               unexpected.front());
   return std::make_unique<Gemma4Model>(std::move(cfg), std::move(w), be);
 }
 

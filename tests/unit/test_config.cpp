@@ -1,3 +1,0 @@
-#include <gtest/gtest.h>
-#include "model/config.h"
-TEST(Config, Placeholder) { SUCCEED(); }
