@@ -229,6 +229,10 @@ class CudaBackend final : public Backend {
   }
   void argmax(Tensor out, const Tensor& x) override { cuda::argmax(ctx_, out, x); }
   void to_f32(Tensor out, const Tensor& x) override { cuda::to_f32(ctx_, out, x); }
+  void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& centroid_scores,
+                           const Tensor& token_ordering, const Tensor& embed, int top_k) override {
+    cuda::centroid_candidates(ctx_, cand_ids, cand_scores, y, centroid_scores, token_ordering, embed, top_k);
+  }
 
  private:
   void sync_and_check(const char* op) {

@@ -109,5 +109,7 @@ void moe_experts(Backend&, Ctx&, Tensor out, const Tensor& x, const Tensor& weig
 // sampling.cu
 void argmax(Ctx&, Tensor out, const Tensor& x);
 void to_f32(Ctx&, Tensor out, const Tensor& x);
+void centroid_candidates(Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& centroid_scores,
+                         const Tensor& token_ordering, const Tensor& embed, int top_k);
 
 }  // namespace mtpserve::cuda
