@@ -18,6 +18,7 @@
 #include <map>
 #include <numeric>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -45,6 +46,7 @@ struct Req {
   PenaltyState pen;
   Rng rng{0};
   bool cancelled = false;
+  std::optional<RequestOutput> final_out;  // delivered by retire(), after the pages are free
   Clock::time_point arrival;
   double ttft = -1;
   int drafted = 0, accepted = 0, verifies = 0;
@@ -199,8 +201,8 @@ class EngineImpl final : public Engine {
     }
     // Shutdown: every live request ends with Abort.
     for (auto& q : running_) finish(*q, FinishReason::Abort);
-    for (auto& q : waiting_) finish(*q, FinishReason::Abort);
     retire();
+    for (auto& q : waiting_) finish(*q, FinishReason::Abort), deliver_final(*q);
     waiting_.clear();
   }
 
@@ -216,6 +218,7 @@ class EngineImpl final : public Engine {
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       if ((*it)->cancelled) {
         finish(**it, FinishReason::Abort);
+        deliver_final(**it);  // owns no pages
         it = waiting_.erase(it);
       } else {
         ++it;
@@ -710,9 +713,18 @@ class EngineImpl final : public Engine {
       std::lock_guard<std::mutex> lk(stats_mu_);
       stats_.generation_tokens += int64_t(out.tokens.size());
     }
-    if (fin != FinishReason::None) q.cancelled = true;  // retire() frees it
-    deliver(q, out);
-    if (fin != FinishReason::None) q.cb = nullptr;       // the final output was delivered
+    if (fin != FinishReason::None) {
+      q.cancelled = true;  // retire() frees the pages, then delivers this final output
+      q.final_out = out;
+    } else {
+      deliver(q, out);
+    }
+  }
+
+  void deliver_final(Req& q) {
+    if (q.final_out) deliver(q, *q.final_out);
+    q.final_out.reset();
+    q.cb = nullptr;
   }
 
   void fill_totals(const Req& q, RequestOutput& out) const {
@@ -735,20 +747,22 @@ class EngineImpl final : public Engine {
     }
   }
 
+  // End q with `why` (unless it already has a final output); delivered by retire() / deliver_final().
   void finish(Req& q, FinishReason why, const std::string& err = "") {
     q.cancelled = true;
-    if (!q.cb) return;
+    if (!q.cb || q.final_out) return;
     RequestOutput out;
     out.id = q.r.id;
     out.finish = why;
     out.error = err;
     fill_totals(q, out);
-    deliver(q, out);
-    q.cb = nullptr;
+    q.final_out = out;
   }
 
-  // Remove cancelled/finished requests from the running set and free their pages.
+  // Remove cancelled/finished requests from the running set, free their pages, publish the stats, and only
+  // then deliver their final outputs: a client that sees its request end also sees its pages free.
   void retire() {
+    std::vector<std::unique_ptr<Req>> done;
     for (auto it = running_.begin(); it != running_.end();) {
       if ((*it)->cancelled) {
         kv_->release((*it)->pages);
@@ -757,6 +771,7 @@ class EngineImpl final : public Engine {
           stats_.requests_finished++;
           stats_.prompt_tokens += (*it)->prompt_len;
         }
+        done.push_back(std::move(*it));
         it = running_.erase(it);
       } else {
         ++it;
@@ -772,6 +787,9 @@ class EngineImpl final : public Engine {
       }
     }
     if (opts_.check_invariants) check_invariants();
+    if (done.empty()) return;
+    publish_stats();
+    for (auto& q : done) deliver_final(*q);
   }
 
   // Pool invariant: pages in use == pages owned by live requests, each owned once.
