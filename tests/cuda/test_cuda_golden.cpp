@@ -18,6 +18,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "test_util.h"
 
 namespace mtpserve {
 namespace {
@@ -26,15 +27,6 @@ namespace {
 std::string src(const std::string& rel) {
   const char* root = std::getenv("MTP_SOURCE_DIR");
   return std::string(root ? root : ".") + "/" + rel;
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  EXPECT_TRUE(f.good()) << path;
-  std::vector<float> v(size_t(f.tellg()) / 4);
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
-  return v;
 }
 
 class CudaGolden : public ::testing::TestWithParam<std::string> {};
@@ -53,7 +45,7 @@ TEST_P(CudaGolden, LogitsMatchTransformersBf16) {
     KvCache kv(*m, 16, 16);
     SequenceState s;
     auto got = prefill(*m, kv, s, ids, 16, true);  // chunked: exercises decode-style steps too
-    auto ref = read_f32(dir + "/" + g["prompts"][p]["bf16"]["logits"].get<std::string>());
+    auto ref = test::read_f32(dir + "/" + g["prompts"][p]["bf16"]["logits"].get<std::string>());
     ASSERT_EQ(got.size(), ref.size());
     double num = 0, den = 0;
     int agree = 0, clear = 0;

@@ -9,28 +9,13 @@
 #include <sstream>
 
 #include "engine/generate.h"
+#include "../unit/test_util.h"
 #include "model/assistant.h"
 
 namespace mtpserve {
 namespace {
 
 std::string gdir() { return std::string(MTP_SOURCE_DIR) + "/tests/data/golden/"; }
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return nlohmann::json::parse(ss.str());
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  EXPECT_TRUE(f.good()) << path;
-  std::vector<float> v(size_t(f.tellg()) / 4);
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
-  return v;
-}
 
 double rel_err(float a, float b) { return std::abs(double(a) - b) / std::max(1.0, std::abs(double(b))); }
 constexpr double kTol = 1e-3;  // DESIGN.md §9, fp32 vs HF fp32
@@ -39,7 +24,7 @@ class GoldenAssistant : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenAssistant, StepsMatchTransformers) {
   std::string dir = gdir() + GetParam();
-  auto g = read_json(dir + "/golden.json");
+  auto g = test::read_json(dir + "/golden.json");
   auto be = make_cpu_backend();
   auto target = Gemma4Model::load(dir + "/" + g["target"].get<std::string>(), *be);
   auto asst = Gemma4Assistant::load(dir + "/" + g["assistant"].get<std::string>(), *target, /*offset=*/1);
@@ -73,7 +58,7 @@ TEST_P(GoldenAssistant, StepsMatchTransformers) {
     fb.seqs = {{1, L - 1, &s2.pages.full, &s2.pages.sliding}};
     fb.output_rows = {0};
     Tensor h = target->forward(fb, kv2.storage()).hidden;
-    auto ref_seed = read_f32(dir + "/" + pr["seed_hidden"].get<std::string>());
+    auto ref_seed = test::read_f32(dir + "/" + pr["seed_hidden"].get<std::string>());
     ASSERT_EQ(ref_seed.size(), size_t(Hb));
     for (int i = 0; i < Hb; i++) ASSERT_LT(rel_err(h.ptr<float>()[i], ref_seed[i]), kTol) << "seed " << i;
 
@@ -85,8 +70,8 @@ TEST_P(GoldenAssistant, StepsMatchTransformers) {
       rows.tokens = {tok};
       rows.seqs = {{1, L, &seq.pages.full, &seq.pages.sliding}};
       DraftStepOutput o = asst->step(rows, h, kv.storage());
-      auto ref_l = read_f32(dir + "/" + step["logits"].get<std::string>());
-      auto ref_h = read_f32(dir + "/" + step["hidden_out"].get<std::string>());
+      auto ref_l = test::read_f32(dir + "/" + step["logits"].get<std::string>());
+      auto ref_h = test::read_f32(dir + "/" + step["hidden_out"].get<std::string>());
       ASSERT_EQ(ref_l.size(), size_t(V));
       double worst = 0;
       int argmax = -1;

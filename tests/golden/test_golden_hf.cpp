@@ -8,28 +8,12 @@
 #include <sstream>
 
 #include "engine/generate.h"
+#include "../unit/test_util.h"
 
 namespace mtpserve {
 namespace {
 
 std::string golden_dir() { return std::string(MTP_SOURCE_DIR) + "/tests/data/golden/"; }
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  EXPECT_TRUE(f.good()) << path;
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return nlohmann::json::parse(ss.str());
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  EXPECT_TRUE(f.good()) << path;
-  std::vector<float> v(size_t(f.tellg()) / 4);
-  f.seekg(0);
-  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
-  return v;
-}
 
 // DESIGN.md §9: fp32 CPU vs HF fp32: |Δlogit| <= 1e-3 * max(1, |logit|).
 constexpr double kLogitTol = 1e-3;
@@ -44,7 +28,7 @@ class GoldenHF : public ::testing::TestWithParam<Case> {};
 TEST_P(GoldenHF, LogitsHiddenAndGreedyMatchTransformers) {
   const Case& c = GetParam();
   std::string dir = golden_dir() + c.variant;
-  auto g = read_json(dir + "/golden.json");
+  auto g = test::read_json(dir + "/golden.json");
   auto be = make_cpu_backend();
   auto model = Gemma4Model::load(dir + "/" + c.form, *be);
   const int V = g["vocab_size"], H = g["hidden_size"];
@@ -65,8 +49,8 @@ TEST_P(GoldenHF, LogitsHiddenAndGreedyMatchTransformers) {
     std::vector<float> logits(size_t(T) * V), hidden(size_t(T) * H);
     be->copy_to_host(logits.data(), o.logits);
     be->copy_to_host(hidden.data(), o.hidden);
-    auto ref = read_f32(dir + "/" + pr["fp32"]["logits"].get<std::string>());
-    auto ref_h = read_f32(dir + "/" + pr["fp32"]["hidden"].get<std::string>());
+    auto ref = test::read_f32(dir + "/" + pr["fp32"]["logits"].get<std::string>());
+    auto ref_h = test::read_f32(dir + "/" + pr["fp32"]["hidden"].get<std::string>());
     ASSERT_EQ(ref.size(), logits.size());
     ASSERT_EQ(ref_h.size(), hidden.size());
     double worst = 0, worst_h = 0;
@@ -122,7 +106,7 @@ TEST(GoldenHF, FlatAndPerLayerConfigFormsGiveTheSameLayers) {
       }
     }
     // The layer structure HF reports (golden.json "layers", "kv_source_layers") is what we derived.
-    auto g = read_json(dir + "/golden.json");
+    auto g = test::read_json(dir + "/golden.json");
     const auto& hl = g["layers"];
     ASSERT_EQ(hl.size(), text.text.layers.size()) << var;
     for (size_t i = 0; i < hl.size(); i++) {
@@ -143,7 +127,7 @@ TEST(GoldenHF, FlatAndPerLayerConfigFormsGiveTheSameLayers) {
 TEST(GoldenHF, RopeInverseFrequenciesMatchTransformers) {
   for (const char* var : {"e_style", "irregular"}) {
     std::string dir = golden_dir() + var;
-    auto g = read_json(dir + "/golden.json");
+    auto g = test::read_json(dir + "/golden.json");
     ModelConfig mc = load_config(dir + "/text");
     for (auto [name, type] : {std::pair{"sliding_attention", LayerType::Sliding}, {"full_attention", LayerType::Full}}) {
       auto ref = g["rope_inv_freq"][name].get<std::vector<double>>();

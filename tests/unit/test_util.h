@@ -5,6 +5,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "model/gemma4.h"
@@ -87,6 +89,24 @@ inline double max_row_err(const float* a, const float* b, size_t n, size_t width
     worst = std::max(worst, err / scale);
   }
   return worst;
+}
+
+inline nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f.good()) throw std::runtime_error("cannot read " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return nlohmann::json::parse(ss.str());
+}
+
+// A raw little-endian float32 file (the golden logits and hidden states).
+inline std::vector<float> read_f32(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f.good()) throw std::runtime_error("cannot read " + path);
+  std::vector<float> v(size_t(f.tellg()) / 4);
+  f.seekg(0);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
+  return v;
 }
 
 }  // namespace mtpserve::test
