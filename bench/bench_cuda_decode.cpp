@@ -1,15 +1,17 @@
-// The target decode step on the GPU: one token per sequence, paged KV at a given context, dummy weights generated
-// directly on the device (no host copy). For each model config, context and batch: median step time (wall clock,
-// forward + synchronize, no CUDA graphs yet), bytes moved (weights read + KV read), achieved GB/s and the roofline
-// (bytes / the device-to-device copy bandwidth measured here).
+// The target decode step on the GPU: one token per sequence, paged KV at a given context, dummy weights
+// generated directly on the device (no host copy). For each model config, context and batch: median step time
+// (wall clock, forward + synchronize, no CUDA graphs yet), bytes moved (weights read + KV read), achieved
+// GB/s and the roofline (bytes / the device-to-device copy bandwidth measured here).
 //
-// Weight bytes: every layer matrix, the tied head (V x H), norms; only the B embedding rows; for MoE the expected
-// number of distinct experts touched under uniform routing, E * (1 - ((E - k) / E)^B) per layer. KV bytes: each
-// layer reads K and V of its source layer for the visible keys: min(ctx + 1, W) on sliding layers, ctx + 1 on full.
+// Weight bytes: every layer matrix, the tied head (V x H), norms; only the B embedding rows; for MoE the
+// expected number of distinct experts touched under uniform routing, E * (1 - ((E - k) / E)^B) per layer. KV
+// bytes: each layer reads K and V of its source layer for the visible keys: min(ctx + 1, W) on sliding
+// layers, ctx + 1 on full.
 //
-// 31B and 26B-A4B do not fit with all layers and 8k x 64 KV on an 80 GB H100, so they run with their first 6 and 12
-// layers (the layer pattern repeats every 6) and the step is extrapolated linearly: t(L) = t(12) + (L - 12) / 6 *
-// (t(12) - t(6)); bytes likewise (exact, as per-layer bytes repeat). Lines marked "x" are extrapolated.
+// 31B and 26B-A4B do not fit with all layers and 8k x 64 KV on an 80 GB H100, so they run with their first 6
+// and 12 layers (the layer pattern repeats every 6) and the step is extrapolated linearly: t(L) = t(12) + (L
+// - 12) / 6 * (t(12) - t(6)); bytes likewise (exact, as per-layer bytes repeat). Lines marked "x" are
+// extrapolated.
 //
 // Usage: bench_cuda_decode [configs_dir=configs] [iters=10] [models=E2B,E4B,31B,26B-A4B] [ctxs=1024,8192]
 //        [batches=1,8,32,64]
@@ -59,25 +61,30 @@ double measure_copy_bw(Backend& be) {
 }
 
 struct WeightBytes {
-  double fixed = 0;      // read every step regardless of batch (dense matrices, head, norms)
-  double per_row = 0;    // embedding rows per token
-  double expert = 0;     // bytes of one expert (gate_up + down) per MoE layer
+  double fixed = 0;    // read every step regardless of batch (dense matrices, head, norms)
+  double per_row = 0;  // embedding rows per token
+  double expert = 0;   // bytes of one expert (gate_up + down) per MoE layer
   int moe_layers = 0;
 };
 
 // Dummy weights on the device, shapes as load_target_weights checks them.
 TargetWeights device_weights(const TextConfig& c, Backend& be, WeightBytes& wb) {
   uint64_t seed = 1;
-  auto make = [&](std::initializer_list<int64_t> shape, int kind, bool count = true) {  // 0 linear, 1 norm, 2 scalar
+  auto make = [&](std::initializer_list<int64_t> shape, int kind,
+                  bool count = true) {  // 0 linear, 1 norm, 2 scalar
     Tensor t = cuda_alloc_exact(be, DType::BF16, shape);
     const float fan = float(t.dim(-1));
-    if (kind == 0) cuda_fill_random(be, t, seed++, 0.0f, 1.0f / std::sqrt(fan), true);
-    else if (kind == 1) cuda_fill_random(be, t, seed++, 1.0f, 0.2f, false);
-    else cuda_fill_random(be, t, seed++, 0.75f, 0.25f, false);
+    if (kind == 0)
+      cuda_fill_random(be, t, seed++, 0.0f, 1.0f / std::sqrt(fan), true);
+    else if (kind == 1)
+      cuda_fill_random(be, t, seed++, 1.0f, 0.2f, false);
+    else
+      cuda_fill_random(be, t, seed++, 0.75f, 0.25f, false);
     if (count) wb.fixed += double(t.nbytes());
     return t;
   };
-  const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
+  const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers,
+                P = c.hidden_size_per_layer_input;
   const int64_t nh = c.num_attention_heads;
   TargetWeights w;
   w.embed_tokens = make({V, H}, 0);  // read in full as the tied head
@@ -219,8 +226,10 @@ int main(int argc, char** argv) {
     std::printf("device: %s\n", be->name().c_str());
     const double bw = measure_copy_bw(*be);
     std::printf("measured device-to-device copy bandwidth: %.0f GB/s (read + write)\n", bw / 1e9);
-    std::printf("decode step = one token per sequence, median of %d steps (forward + synchronize, eager launches)\n\n",
-                iters);
+    std::printf(
+        "decode step = one token per sequence, median of %d steps (forward + synchronize, eager "
+        "launches)\n\n",
+        iters);
     std::printf("%-14s %6s %5s | %9s | %8s %8s %8s | %8s | %9s %6s\n", "model", "ctx", "batch", "step ms",
                 "wts GB", "KV GB", "total GB", "GB/s", "roof ms", "%roof");
     for (const auto& name : models) {
@@ -253,9 +262,9 @@ int main(int argc, char** argv) {
         for (int B : batches) {
           const Point& p = pts[i++];
           const double bytes = p.wbytes + p.kvbytes, roof = bytes / bw * 1e3;
-          std::printf("%-14s %6d %5d | %8.3f%s | %8.2f %8.2f %8.2f | %8.0f | %9.3f %5.1f%%\n", name.c_str(), ctx, B, p.ms,
-                      scaled ? "x" : " ", p.wbytes / 1e9, p.kvbytes / 1e9, bytes / 1e9, bytes / (p.ms * 1e-3) / 1e9,
-                      roof, 100 * roof / p.ms);
+          std::printf("%-14s %6d %5d | %8.3f%s | %8.2f %8.2f %8.2f | %8.0f | %9.3f %5.1f%%\n", name.c_str(),
+                      ctx, B, p.ms, scaled ? "x" : " ", p.wbytes / 1e9, p.kvbytes / 1e9, bytes / 1e9,
+                      bytes / (p.ms * 1e-3) / 1e9, roof, 100 * roof / p.ms);
           std::fflush(stdout);
         }
     }

@@ -23,7 +23,8 @@ inline std::vector<int32_t> parse_token_list(const std::string& s, const char* f
       used = 0;
     }
     MTP_CHECK(used == item.size() && !item.empty() && v >= 0 && v < (1L << 31),
-              "{}: '{}' is not a non-negative token id (expected a comma-separated list like 2,651,7)", flag, item);
+              "{}: '{}' is not a non-negative token id (expected a comma-separated list like 2,651,7)", flag,
+              item);
     out.push_back(int32_t(v));
     i = j + 1;
   }

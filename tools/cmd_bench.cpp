@@ -49,7 +49,8 @@ Result run_once(const EngineOptions& o, const std::vector<std::vector<int32_t>>&
   Result r;
   r.rounds = int(verifies);
   r.tokens = int(emitted);
-  r.al = verifies ? double(emitted - int64_t(prompts.size())) / double(verifies) : 1.0;  // first token: prefill
+  r.al =
+      verifies ? double(emitted - int64_t(prompts.size())) / double(verifies) : 1.0;  // first token: prefill
   r.accept_rate = drafted ? double(accepted) / double(drafted) : 0;
   r.tok_s = double(emitted) / s;
   EngineStats st = e->stats();
@@ -62,7 +63,8 @@ Result run_once(const EngineOptions& o, const std::vector<std::vector<int32_t>>&
 }  // namespace
 
 void add_bench_spec_command(CLI::App& app) {
-  auto* c = app.add_subcommand("bench-spec", "measure MTP acceptance length and throughput on held-out prompts");
+  auto* c =
+      app.add_subcommand("bench-spec", "measure MTP acceptance length and throughput on held-out prompts");
   auto model = std::make_shared<std::string>("models/tiny-gemma4");
   auto assistant = std::make_shared<std::string>("models/tiny-gemma4-assistant");
   auto prompts_file = std::make_shared<std::string>();
@@ -92,7 +94,8 @@ void add_bench_spec_command(CLI::App& app) {
       std::stringstream ss;
       ss << f.rdbuf();
       auto g = nlohmann::json::parse(ss.str());
-      MTP_CHECK(g.contains("prompt_sets") && g["prompt_sets"].contains(*set), "{}: no prompt set '{}'", pf, *set);
+      MTP_CHECK(g.contains("prompt_sets") && g["prompt_sets"].contains(*set), "{}: no prompt set '{}'", pf,
+                *set);
       for (auto& p : g["prompt_sets"][*set]) prompts.push_back(p["ids"].get<std::vector<int32_t>>());
     } else {
       for (std::string line; std::getline(f, line);)
@@ -100,8 +103,8 @@ void add_bench_spec_command(CLI::App& app) {
     }
     if (int(prompts.size()) > *limit) prompts.resize(*limit);
     fmt::print("{} prompts from {} ({}), {} tokens each\n", prompts.size(), pf, *set, *max_tokens);
-    fmt::print("{:>6} {:>3} | {:>8} {:>8} {:>8} {:>9} | per-depth acceptance\n", "offset", "K", "AL", "accept",
-               "rounds", "tok/s");
+    fmt::print("{:>6} {:>3} | {:>8} {:>8} {:>8} {:>9} | per-depth acceptance\n", "offset", "K", "AL",
+               "accept", "rounds", "tok/s");
     for (int32_t off : parse_token_list(*offsets, "--offsets")) {
       for (int32_t k : parse_token_list(*ks, "--k")) {
         EngineOptions o;
@@ -114,8 +117,8 @@ void add_bench_spec_command(CLI::App& app) {
         Result r = run_once(o, prompts, *max_tokens);
         std::string alpha;
         for (double a : r.alpha) alpha += fmt::format(" {:.3f}", a);
-        fmt::print("{:>6} {:>3} | {:>8.3f} {:>8.3f} {:>8} {:>9.1f} |{}\n", off, k, r.al, r.accept_rate, r.rounds, r.tok_s,
-                   alpha);
+        fmt::print("{:>6} {:>3} | {:>8.3f} {:>8.3f} {:>8} {:>9.1f} |{}\n", off, k, r.al, r.accept_rate,
+                   r.rounds, r.tok_s, alpha);
         std::fflush(stdout);
       }
     }

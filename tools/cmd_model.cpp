@@ -36,7 +36,8 @@ void add_logits_command(CLI::App& app) {
   auto top = std::make_shared<int>(5);
   add_model_opts(c, *o);
   c->add_option("--tokens", o->tokens, "comma-separated token ids, e.g. 2,651,1234")->required();
-  c->add_option("--dump", *dump, "write all logits as raw little-endian float32 [tokens, vocab] to this file");
+  c->add_option("--dump", *dump,
+                "write all logits as raw little-endian float32 [tokens, vocab] to this file");
   c->add_option("--top", *top, "print the top-N logits per position")->check(CLI::NonNegativeNumber);
   c->callback([o, dump, top] {
     auto be = make_cpu_backend();
@@ -53,7 +54,7 @@ void add_logits_command(CLI::App& app) {
       f.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * 4));
       fmt::print("wrote {} x {} float32 logits to {}\n", n, V, *dump);
     }
-    for (int t = 0; t < n && *top > 0; t++) {
+    for (int t = 0; t<n&& * top> 0; t++) {
       std::vector<int> idx(V);
       for (int v = 0; v < V; v++) idx[v] = v;
       int k = std::min(*top, V);
@@ -74,8 +75,8 @@ void add_generate_command(CLI::App& app) {
   auto prompt = std::make_shared<std::string>();
   add_model_opts(c, *o);
   auto* pt = c->add_option("--prompt-tokens", o->tokens, "comma-separated prompt token ids, e.g. 2,651,1234");
-  auto* ptext = c->add_option("--prompt", *prompt,
-                              "prompt text, tokenized with the model's tokenizer.json (a <bos> is prepended)");
+  auto* ptext = c->add_option(
+      "--prompt", *prompt, "prompt text, tokenized with the model's tokenizer.json (a <bos> is prepended)");
   pt->excludes(ptext);
   (void)pt;
   c->add_option("--max-tokens", *max_tokens, "tokens to generate")->check(CLI::PositiveNumber);
@@ -89,7 +90,8 @@ void add_generate_command(CLI::App& app) {
     if (!prompt->empty()) {
       tok = Tokenizer::load(o->model_dir);
       ids = tok->encode(*prompt, /*add_special_tokens=*/true);
-      if (ids.empty() || ids[0] != model->config().bos_token_id) ids.insert(ids.begin(), model->config().bos_token_id);
+      if (ids.empty() || ids[0] != model->config().bos_token_id)
+        ids.insert(ids.begin(), model->config().bos_token_id);
     } else {
       ids = parse_token_list(o->tokens, "--prompt-tokens");
     }
@@ -110,7 +112,8 @@ void add_generate_command(CLI::App& app) {
     std::string s;
     for (size_t i = 0; i < r.tokens.size(); i++) s += (i ? "," : "") + std::to_string(r.tokens[i]);
     fmt::print("{}\n", tok ? tok->decode(r.tokens, /*skip_special_tokens=*/false) : s);
-    fmt::print(stderr, "loaded in {:.2f} s; {} prompt + {} generated tokens in {:.3f} s ({:.1f} tokens/s) on {}\n",
+    fmt::print(stderr,
+               "loaded in {:.2f} s; {} prompt + {} generated tokens in {:.3f} s ({:.1f} tokens/s) on {}\n",
                load_s, ids.size(), r.tokens.size(), gen_s, double(r.tokens.size()) / gen_s, be->name());
   });
 }

@@ -20,16 +20,16 @@ namespace mtpserve {
 // j % page_size of the layer's cache.
 struct AttnMeta {
   int num_seqs = 0;
-  int max_q = 0;        // max query rows of one sequence (tree mask row width)
-  Tensor cu_q;          // [S+1] I32
-  Tensor prefix_len;    // [S] I32
-  Tensor positions;     // [T] I32 position of each query row (RoPE phase and masks)
-  Tensor tree_mask;     // [T, max_q] U8, optional (undefined: causal within the block)
+  int max_q = 0;           // max query rows of one sequence (tree mask row width)
+  Tensor cu_q;             // [S+1] I32
+  Tensor prefix_len;       // [S] I32
+  Tensor positions;        // [T] I32 position of each query row (RoPE phase and masks)
+  Tensor tree_mask;        // [T, max_q] U8, optional (undefined: causal within the block)
   bool block_keys = true;  // false: read-only queries (the assistant's Q-only layers)
 };
 
 struct KvPageTable {
-  Tensor pages;       // [S, max_pages] I32; -1 for pages already returned to the pool
+  Tensor pages;  // [S, max_pages] I32; -1 for pages already returned to the pool
   int page_size = 16;
 };
 
@@ -109,8 +109,9 @@ class Backend {
   // token_ordering[c * (V/C) + j] (token_ordering [V] I64). cand_ids [B, top_k * V/C] I32 receives them in
   // cluster-rank order and cand_scores [B, top_k * V/C] F32 their logits y . embed[id] (embed [V, Ha]).
   // Never builds a [B, V] row. Non-pure so that a backend can add it after the core ops.
-  virtual void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& centroid_scores,
-                                   const Tensor& token_ordering, const Tensor& embed, int top_k) {
+  virtual void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
+                                   const Tensor& centroid_scores, const Tensor& token_ordering,
+                                   const Tensor& embed, int top_k) {
     fail("backend {}: centroid_candidates is not implemented", name());
   }
 };

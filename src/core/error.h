@@ -20,13 +20,13 @@ template <typename... Args>
 }  // namespace mtpserve
 
 // MTP_CHECK(cond, "fmt {}", args...): throws mtpserve::Error with the message when cond is false.
-#define MTP_CHECK(cond, ...)                        \
-  do {                                              \
-    if (!(cond)) ::mtpserve::fail(__VA_ARGS__);     \
+#define MTP_CHECK(cond, ...)                    \
+  do {                                          \
+    if (!(cond)) ::mtpserve::fail(__VA_ARGS__); \
   } while (0)
 
 // MTP_ASSERT(cond): an internal invariant (a bug if it fails), reported with file and line.
-#define MTP_ASSERT(cond)                                                                        \
-  do {                                                                                          \
-    if (!(cond)) ::mtpserve::fail("internal error: {} ({}:{})", #cond, __FILE__, __LINE__);      \
+#define MTP_ASSERT(cond)                                                                    \
+  do {                                                                                      \
+    if (!(cond)) ::mtpserve::fail("internal error: {} ({}:{})", #cond, __FILE__, __LINE__); \
   } while (0)

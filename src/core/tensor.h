@@ -1,5 +1,6 @@
 // Tensor: a typed, contiguous, row-major view of up to 4 dimensions on one device, optionally owning its
-// memory through a shared holder. Ops take views; owners are the backend's buffers and the mmapped checkpoint.
+// memory through a shared holder. Ops take views; owners are the backend's buffers and the mmapped
+// checkpoint.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -47,7 +48,9 @@ struct Tensor {
   int64_t row_numel() const { return ndim == 0 ? 1 : numel() / shape[0]; }
 
   template <typename T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 
   // Rows [begin, end) of the first dimension, as a view sharing the holder.
   Tensor rows(int64_t begin, int64_t end) const {

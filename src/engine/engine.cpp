@@ -12,12 +12,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
-#include <cmath>
 #include <map>
-#include <numeric>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <thread>
@@ -39,10 +39,10 @@ struct Req {
   OutputCallback cb;
   std::vector<int32_t> tokens;  // prompt + emitted
   int prompt_len = 0;
-  int computed = 0;             // tokens with KV
-  int emitted = 0;              // output tokens delivered
+  int computed = 0;  // tokens with KV
+  int emitted = 0;   // output tokens delivered
   SeqPages pages;
-  std::vector<float> seed_h;    // target post-norm hidden at computed-1 (valid past prefill)
+  std::vector<float> seed_h;  // target post-norm hidden at computed-1 (valid past prefill)
   PenaltyState pen;
   Rng rng{0};
   bool cancelled = false;
@@ -56,16 +56,16 @@ struct Req {
 // What one request does in a step.
 struct Work {
   Req* q = nullptr;
-  int q_len = 0;      // rows in the forward
-  int k = 0;          // drafts (verify blocks)
+  int q_len = 0;  // rows in the forward
+  int k = 0;      // drafts (verify blocks)
   std::vector<int32_t> drafts;
   bool verify = false;
   bool last_chunk = false;  // a prefill chunk that completes the prompt
   // Tree blocks (draft_topk > 1): drafts[i] is node i+1 of the block, parent[i] its parent's block index
   // (0 = the root, the bonus token); nodes are ordered by depth.
   std::vector<int> parent;
-  int row0 = 0;       // first row in the forward batch
-  int out0 = 0;       // first output row
+  int row0 = 0;  // first row in the forward batch
+  int out0 = 0;  // first output row
 };
 
 class EngineImpl final : public Engine {
@@ -73,12 +73,15 @@ class EngineImpl final : public Engine {
   explicit EngineImpl(const EngineOptions& o) : opts_(o) {
     MTP_CHECK(o.max_running > 0 && o.max_waiting >= 0 && o.max_batch_tokens > 0 && o.prefill_chunk > 0,
               "engine: max_running, max_batch_tokens and prefill_chunk must be positive");
-    MTP_CHECK(o.num_draft >= 0 && o.num_draft <= 16, "engine: num_draft must be in [0, 16], got {}", o.num_draft);
-    MTP_CHECK(o.draft_topk >= 1 && o.draft_topk <= 8, "engine: draft_topk must be in [1, 8], got {}", o.draft_topk);
+    MTP_CHECK(o.num_draft >= 0 && o.num_draft <= 16, "engine: num_draft must be in [0, 16], got {}",
+              o.num_draft);
+    MTP_CHECK(o.draft_topk >= 1 && o.draft_topk <= 8, "engine: draft_topk must be in [1, 8], got {}",
+              o.draft_topk);
     MTP_CHECK(o.num_draft_tokens >= 0, "engine: num_draft_tokens must be >= 0");
     be_ = make_backend(o.backend);
     target_ = Gemma4Model::load(o.model_dir, *be_);
-    if (!o.assistant_dir.empty()) assistant_ = Gemma4Assistant::load(o.assistant_dir, *target_, o.query_pos_offset);
+    if (!o.assistant_dir.empty())
+      assistant_ = Gemma4Assistant::load(o.assistant_dir, *target_, o.query_pos_offset);
     const TextConfig& c = target_->config();
     // KV pools from the memory budget. The sliding pool never needs more than, per running request, its
     // window plus a verify block (and page rounding), plus the step's token budget for prefill chunks: pages
@@ -90,12 +93,14 @@ class EngineImpl final : public Engine {
         (s.type == LayerType::Full ? full_tok : slide_tok) +=
             2 * int64_t(s.num_kv_heads) * s.head_dim * int64_t(dtype_size(be_->act_dtype()));
     int per_req = (c.sliding_window + max_block() + kPageSize - 1) / kPageSize + 2;
-    int slide_pages = slide_tok > 0 ? o.max_running * per_req + o.max_batch_tokens / kPageSize + o.max_running : 1;
+    int slide_pages =
+        slide_tok > 0 ? o.max_running * per_req + o.max_batch_tokens / kPageSize + o.max_running : 1;
     int64_t left = budget - int64_t(slide_pages) * kPageSize * slide_tok;
     MTP_CHECK(left > 0, "engine: KV memory {} bytes is too small for the sliding-window pool of {} requests",
               budget, o.max_running);
     int full_pages = full_tok > 0 ? int(std::min<int64_t>(left / (kPageSize * full_tok), 1 << 22)) : 1;
-    MTP_CHECK(full_pages >= 4, "engine: KV memory {} bytes leaves only {} full-attention pages", budget, full_pages);
+    MTP_CHECK(full_pages >= 4, "engine: KV memory {} bytes leaves only {} full-attention pages", budget,
+              full_pages);
     kv_ = std::make_unique<KvCache>(*target_, full_pages, slide_pages);
     info_.model_dir = o.model_dir;
     info_.assistant_dir = o.assistant_dir;
@@ -115,10 +120,12 @@ class EngineImpl final : public Engine {
   bool submit(GenerationRequest r, OutputCallback cb) override {
     const int V = info_.vocab_size;
     MTP_CHECK(!r.prompt.empty(), "the prompt is empty");
-    for (int32_t t : r.prompt) MTP_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary [0, {})", t, V);
-    MTP_CHECK(int(r.prompt.size()) < info_.max_model_len,
-              "the prompt has {} tokens but the context limit is {} (prompt plus at least one generated token)",
-              r.prompt.size(), info_.max_model_len);
+    for (int32_t t : r.prompt)
+      MTP_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary [0, {})", t, V);
+    MTP_CHECK(
+        int(r.prompt.size()) < info_.max_model_len,
+        "the prompt has {} tokens but the context limit is {} (prompt plus at least one generated token)",
+        r.prompt.size(), info_.max_model_len);
     MTP_CHECK(r.sampling.max_tokens >= 1, "max_tokens must be at least 1, got {}", r.sampling.max_tokens);
     auto q = std::make_unique<Req>();
     q->r = std::move(r);
@@ -161,8 +168,8 @@ class EngineImpl final : public Engine {
 
  private:
   static std::unique_ptr<Backend> make_backend(const std::string& name) {
-    MTP_CHECK(name == "auto" || name == "cpu" || name == "cuda", "backend must be auto, cpu or cuda, got '{}'",
-              name);
+    MTP_CHECK(name == "auto" || name == "cpu" || name == "cuda",
+              "backend must be auto, cpu or cuda, got '{}'", name);
 #ifdef MTPSERVE_HAVE_CUDA
     if (name != "cpu") {
       try {
@@ -182,8 +189,9 @@ class EngineImpl final : public Engine {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stopping_ || !inbox_.empty() || !cancels_.empty() || !running_.empty() ||
-                                  !waiting_.empty(); });
+        cv_.wait(lk, [&] {
+          return stopping_ || !inbox_.empty() || !cancels_.empty() || !running_.empty() || !waiting_.empty();
+        });
         if (stopping_) break;
         for (auto& q : inbox_) waiting_.push_back(std::move(q));
         inbox_.clear();
@@ -234,9 +242,7 @@ class EngineImpl final : public Engine {
     int n = opts_.num_draft_tokens > 0 ? opts_.num_draft_tokens - 1 : k * t;
     return std::min(n, most);
   }
-  int max_block() const {
-    return 1 + (opts_.draft_topk > 1 ? tree_nodes(opts_.num_draft) : opts_.num_draft);
-  }
+  int max_block() const { return 1 + (opts_.draft_topk > 1 ? tree_nodes(opts_.num_draft) : opts_.num_draft); }
 
   int draft_len(const Req& q) const {
     if (!assistant_ || !q.r.spec.enabled || q.r.spec.max_draft == 0) return 0;
@@ -338,7 +344,8 @@ class EngineImpl final : public Engine {
         fb.tokens.push_back(q.tokens.back());
         for (int32_t d : w.drafts) fb.tokens.push_back(d);
       } else {
-        fb.tokens.insert(fb.tokens.end(), q.tokens.begin() + q.computed, q.tokens.begin() + q.computed + w.q_len);
+        fb.tokens.insert(fb.tokens.end(), q.tokens.begin() + q.computed,
+                         q.tokens.begin() + q.computed + w.q_len);
       }
       if (w.parent.empty()) {
         for (int i = 0; i < w.q_len; i++) fb.positions.push_back(q.computed + i);
@@ -393,7 +400,8 @@ class EngineImpl final : public Engine {
         const int accepted = int(path.size());
         int last = path.empty() ? 0 : path.back();
         q.computed += 1 + accepted;  // the bonus and the accepted drafts now have KV
-        q.seed_h.assign(hidden.begin() + size_t(w.out0 + last) * H, hidden.begin() + size_t(w.out0 + last + 1) * H);
+        q.seed_h.assign(hidden.begin() + size_t(w.out0 + last) * H,
+                        hidden.begin() + size_t(w.out0 + last + 1) * H);
         std::vector<int32_t> toks;
         std::vector<const float*> lrows{rows};
         for (int b : path) toks.push_back(w.drafts[b - 1]), lrows.push_back(rows + size_t(b) * V);
@@ -405,7 +413,8 @@ class EngineImpl final : public Engine {
           std::lock_guard<std::mutex> lk(stats_mu_);
           stats_.drafted_tokens += int64_t(w.drafts.size());
           stats_.accepted_tokens += accepted;
-          if (stats_.drafted_at.size() < size_t(w.k)) stats_.drafted_at.resize(w.k), stats_.accepted_at.resize(w.k);
+          if (stats_.drafted_at.size() < size_t(w.k))
+            stats_.drafted_at.resize(w.k), stats_.accepted_at.resize(w.k);
           for (int d = 0; d < w.k; d++) stats_.drafted_at[d]++;
           for (int d = 0; d < accepted; d++) stats_.accepted_at[d]++;
           stats_.verify_steps++;
@@ -428,7 +437,8 @@ class EngineImpl final : public Engine {
     if (rows.empty()) return;
     const int64_t Hb = target_->config().hidden_size;
     std::vector<float> h(rows.size() * Hb);
-    for (size_t i = 0; i < rows.size(); i++) std::copy(rows[i]->q->seed_h.begin(), rows[i]->q->seed_h.end(), h.begin() + i * Hb);
+    for (size_t i = 0; i < rows.size(); i++)
+      std::copy(rows[i]->q->seed_h.begin(), rows[i]->q->seed_h.end(), h.begin() + i * Hb);
     std::vector<int32_t> tok;
     for (Work* w : rows) tok.push_back(w->q->tokens.back());
     for (int s = 0; s < kmax; s++) {
@@ -457,7 +467,6 @@ class EngineImpl final : public Engine {
     }
   }
 
-
   // ---- tree drafting (draft_topk > 1), mtp-algorithm.md §2.4 ----
   // Per request: step 0 expands the seed into the top-k tokens; each later step runs the assistant on the k
   // frontier nodes (each with its parent's recurrent state) and keeps the k best of their k*k children by
@@ -468,7 +477,7 @@ class EngineImpl final : public Engine {
     int parent;  // index into the node list, -1 = root
     int depth;
     float score;
-    int hrow;    // row of `hs` holding the state this node's children are drafted from
+    int hrow;  // row of `hs` holding the state this node's children are drafted from
   };
 
   // Top-t (token, log-prob) of each row of an assistant step (log-softmax over the vocabulary, or over the
@@ -493,7 +502,8 @@ class EngineImpl final : public Engine {
       std::vector<int> idx(N);
       std::iota(idx.begin(), idx.end(), 0);
       int k = int(std::min<int64_t>(t, N));
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int x, int y) { return r[x] > r[y] || (r[x] == r[y] && x < y); });
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                        [&](int x, int y) { return r[x] > r[y] || (r[x] == r[y] && x < y); });
       for (int i = 0; i < k; i++)
         out[b].emplace_back(dense ? idx[i] : id[size_t(b) * N + idx[i]], r[idx[i]] - lse);
     }
@@ -517,7 +527,8 @@ class EngineImpl final : public Engine {
         dr.tokens = in_tok;
         dr.seqs.push_back({B, q.computed, &q.pages.full, &q.pages.sliding});
         std::vector<float> h(size_t(B) * Hb);
-        for (int b = 0; b < B; b++) std::copy_n(hs.begin() + size_t(in_hrow[b]) * Hb, Hb, h.begin() + size_t(b) * Hb);
+        for (int b = 0; b < B; b++)
+          std::copy_n(hs.begin() + size_t(in_hrow[b]) * Hb, Hb, h.begin() + size_t(b) * Hb);
         DraftStepOutput o = assistant_->step(dr, upload_act(h, {B, Hb}), kv_->storage());
         std::vector<float> hn(size_t(B) * Hb);
         read_act(hn.data(), o.hidden);
@@ -535,7 +546,8 @@ class EngineImpl final : public Engine {
           }
         }
         // The next frontier: the T best children of this step.
-        std::stable_sort(cand.begin(), cand.end(), [&](int x, int y) { return nodes[x].score > nodes[y].score; });
+        std::stable_sort(cand.begin(), cand.end(),
+                         [&](int x, int y) { return nodes[x].score > nodes[y].score; });
         if (int(cand.size()) > T) cand.resize(T);
         frontier = cand;
         in_tok.clear();
@@ -545,7 +557,8 @@ class EngineImpl final : public Engine {
       // Select the best nodes, close them under ancestors (ties can break closure), order by depth.
       std::vector<int> order(nodes.size());
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return nodes[x].score > nodes[y].score; });
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int x, int y) { return nodes[x].score > nodes[y].score; });
       int want = w.q_len - 1;
       std::vector<char> keep(nodes.size(), 0);
       int kept = 0;
@@ -573,8 +586,8 @@ class EngineImpl final : public Engine {
     }
   }
 
-  // Batch-wide mask when any block is a tree: a tree node sees the root, its ancestors and itself; every other
-  // row is causal within its sequence's block.
+  // Batch-wide mask when any block is a tree: a tree node sees the root, its ancestors and itself; every
+  // other row is causal within its sequence's block.
   void build_tree_mask(const std::vector<Work>& work, ForwardBatch& fb) {
     bool any = false;
     for (const Work& w : work) any |= !w.parent.empty();
@@ -604,7 +617,8 @@ class EngineImpl final : public Engine {
     int cur = 0;
     for (;;) {
       const float* row = rows + size_t(cur) * V;
-      int32_t x = sp.greedy() ? greedy_token(row, V, sp, q.pen) : sample_from(target_probs(row, V, sp, q.pen), q.rng);
+      int32_t x =
+          sp.greedy() ? greedy_token(row, V, sp, q.pen) : sample_from(target_probs(row, V, sp, q.pen), q.rng);
       q.pen.add(x);
       int child = -1;
       for (size_t i = 0; i < w.parent.size(); i++)
@@ -693,10 +707,12 @@ class EngineImpl final : public Engine {
       q.tokens.push_back(t);
       q.emitted++;
       out.tokens.push_back(t);
-      if (sp.want_logprobs) out.logprobs.push_back(token_logprob(rows[i], info_.vocab_size, t, sp.top_logprobs));
+      if (sp.want_logprobs)
+        out.logprobs.push_back(token_logprob(rows[i], info_.vocab_size, t, sp.top_logprobs));
       bool eos = !sp.ignore_eos && std::find(info_.eos_token_ids.begin(), info_.eos_token_ids.end(), t) !=
                                        info_.eos_token_ids.end();
-      bool stop_id = std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t) != sp.stop_token_ids.end();
+      bool stop_id =
+          std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t) != sp.stop_token_ids.end();
       if (eos || stop_id) {
         fin = FinishReason::Stop;
         break;
@@ -844,6 +860,8 @@ class EngineImpl final : public Engine {
 
 }  // namespace
 
-std::unique_ptr<Engine> Engine::create(const EngineOptions& opts) { return std::make_unique<EngineImpl>(opts); }
+std::unique_ptr<Engine> Engine::create(const EngineOptions& opts) {
+  return std::make_unique<EngineImpl>(opts);
+}
 
 }  // namespace mtpserve

@@ -13,19 +13,19 @@ namespace mtpserve {
 
 struct EngineOptions {
   std::string model_dir;
-  std::string assistant_dir;  // empty: no speculation
+  std::string assistant_dir;     // empty: no speculation
   std::string backend = "auto";  // auto | cpu | cuda
   int max_running = 64;          // concurrent requests in the running set
   int max_waiting = 256;         // bounded waiting queue (submit fails beyond it)
   int max_batch_tokens = 2048;   // token budget of one step
   int prefill_chunk = 512;
-  int64_t kv_memory_bytes = 0;   // 0: derive from --mem-fraction or a default
+  int64_t kv_memory_bytes = 0;  // 0: derive from --mem-fraction or a default
   double mem_fraction = 0.0;
-  int num_draft = 3;             // draft steps per verify (chain)
-  int draft_topk = 1;            // >1: tree drafting
-  int num_draft_tokens = 0;      // tree nodes (0: derived)
-  int query_pos_offset = 1;      // assistant query position: committed_len - 1 + offset
-  int max_model_len = 0;         // 0: the model's max_position_embeddings (capped by KV capacity)
+  int num_draft = 3;              // draft steps per verify (chain)
+  int draft_topk = 1;             // >1: tree drafting
+  int num_draft_tokens = 0;       // tree nodes (0: derived)
+  int query_pos_offset = 1;       // assistant query position: committed_len - 1 + offset
+  int max_model_len = 0;          // 0: the model's max_position_embeddings (capped by KV capacity)
   bool check_invariants = false;  // run the KV pool checker after every step (tests)
 };
 

@@ -4,8 +4,8 @@
 
 namespace mtpserve {
 
-std::vector<float> prefill(const Gemma4Model& m, KvCache& kv, SequenceState& seq, const std::vector<int32_t>& tokens,
-                           int chunk, bool all_logits) {
+std::vector<float> prefill(const Gemma4Model& m, KvCache& kv, SequenceState& seq,
+                           const std::vector<int32_t>& tokens, int chunk, bool all_logits) {
   MTP_CHECK(!tokens.empty(), "prefill: no tokens");
   MTP_ASSERT(chunk > 0);
   const int V = m.config().vocab_size;
@@ -39,8 +39,8 @@ std::vector<float> prefill(const Gemma4Model& m, KvCache& kv, SequenceState& seq
 }
 
 GreedyResult greedy_generate(const Gemma4Model& m, KvCache& kv, SequenceState& seq,
-                             const std::vector<int32_t>& prompt, int max_tokens, const std::vector<int>& eos_ids,
-                             int chunk) {
+                             const std::vector<int32_t>& prompt, int max_tokens,
+                             const std::vector<int>& eos_ids, int chunk) {
   GreedyResult r;
   const int V = m.config().vocab_size;
   std::vector<float> logits = prefill(m, kv, seq, prompt, chunk, false);

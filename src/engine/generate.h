@@ -14,16 +14,16 @@ struct SequenceState {
 
 // Run the target over `tokens` appended to `seq` in chunks of at most `chunk` tokens. Returns the logits
 // [n, V] (host, fp32) of every new token if all_logits, else only of the last one [1, V].
-std::vector<float> prefill(const Gemma4Model& m, KvCache& kv, SequenceState& seq, const std::vector<int32_t>& tokens,
-                           int chunk, bool all_logits);
+std::vector<float> prefill(const Gemma4Model& m, KvCache& kv, SequenceState& seq,
+                           const std::vector<int32_t>& tokens, int chunk, bool all_logits);
 
 struct GreedyResult {
-  std::vector<int32_t> tokens;   // generated ids (stops after an EOS id, which is included)
-  std::vector<float> margins;    // top-1 minus top-2 logit at each step
+  std::vector<int32_t> tokens;  // generated ids (stops after an EOS id, which is included)
+  std::vector<float> margins;   // top-1 minus top-2 logit at each step
 };
 
 GreedyResult greedy_generate(const Gemma4Model& m, KvCache& kv, SequenceState& seq,
-                             const std::vector<int32_t>& prompt, int max_tokens, const std::vector<int>& eos_ids,
-                             int chunk = 512);
+                             const std::vector<int32_t>& prompt, int max_tokens,
+                             const std::vector<int>& eos_ids, int chunk = 512);
 
 }  // namespace mtpserve

@@ -14,7 +14,7 @@ class PagePool {
   explicit PagePool(int num_pages);
   int capacity() const { return int(used_.size()); }
   int free_count() const { return int(free_.size()); }
-  int alloc();          // -1 when empty
+  int alloc();  // -1 when empty
   void release(int page);
   bool is_used(int page) const { return page >= 0 && page < capacity() && used_[page]; }
 

@@ -10,13 +10,13 @@
 namespace mtpserve {
 
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 = greedy
-  float top_p = 1.0f;        // (0, 1]
-  int top_k = 0;             // 0 = off
-  float min_p = 0.0f;        // [0, 1]
+  float temperature = 1.0f;      // 0 = greedy
+  float top_p = 1.0f;            // (0, 1]
+  int top_k = 0;                 // 0 = off
+  float min_p = 0.0f;            // [0, 1]
   std::optional<uint64_t> seed;  // reproducible sampling when set
   float presence_penalty = 0.0f, frequency_penalty = 0.0f;
-  int max_tokens = 256;                // generated tokens at most
+  int max_tokens = 256;                 // generated tokens at most
   std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS ids
   bool ignore_eos = false;
   int logprobs = 0;  // 0: none; n: log-prob of each sampled token plus the top n-1... see top_logprobs
@@ -47,21 +47,26 @@ struct TokenLogprob {
 enum class FinishReason { None, Stop, Length, Abort, Error };
 inline const char* finish_reason_name(FinishReason r) {
   switch (r) {
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Abort: return "abort";
-    case FinishReason::Error: return "error";
-    default: return "";
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Abort:
+      return "abort";
+    case FinishReason::Error:
+      return "error";
+    default:
+      return "";
   }
 }
 
 // One delivery to the client: the tokens committed in one engine step (several when drafts are accepted).
 struct RequestOutput {
   std::string id;
-  std::vector<int32_t> tokens;        // new tokens of this step
+  std::vector<int32_t> tokens;         // new tokens of this step
   std::vector<TokenLogprob> logprobs;  // one per new token when requested
   FinishReason finish = FinishReason::None;
-  std::string error;                   // when finish == Error
+  std::string error;  // when finish == Error
   // Totals so far.
   int prompt_tokens = 0, completion_tokens = 0;
   int drafted_tokens = 0, accepted_tokens = 0, verify_steps = 0;

@@ -26,7 +26,8 @@ int32_t greedy_token(const float* logits, int V, const SamplingParams& sp, const
   return int32_t(std::max_element(l.begin(), l.end()) - l.begin());
 }
 
-std::vector<float> target_probs(const float* logits, int V, const SamplingParams& sp, const PenaltyState& pen) {
+std::vector<float> target_probs(const float* logits, int V, const SamplingParams& sp,
+                                const PenaltyState& pen) {
   std::vector<float> l = penalised(logits, V, sp, pen);
   std::vector<float> p(V, 0.0f);
   if (sp.greedy()) {
@@ -87,7 +88,8 @@ int32_t sample_from(const std::vector<float>& p, Rng& rng) {
   return last;  // rounding at the top end
 }
 
-int32_t sample_token(const float* logits, int V, const SamplingParams& sp, const PenaltyState& pen, Rng& rng) {
+int32_t sample_token(const float* logits, int V, const SamplingParams& sp, const PenaltyState& pen,
+                     Rng& rng) {
   if (sp.greedy()) return greedy_token(logits, V, sp, pen);
   return sample_from(target_probs(logits, V, sp, pen), rng);
 }
@@ -104,7 +106,8 @@ TokenLogprob token_logprob(const float* logits, int V, int32_t tok, int top) {
     std::vector<int> idx(V);
     std::iota(idx.begin(), idx.end(), 0);
     int k = std::min(top, V);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int a, int b) { return logits[a] > logits[b]; });
     for (int i = 0; i < k; i++) r.top.emplace_back(idx[i], logits[idx[i]] - lse);
   }
   return r;

@@ -27,7 +27,8 @@ class Rng {
 };
 
 // The processed distribution of one row: probabilities over the vocabulary (zeros outside the kept set).
-std::vector<float> target_probs(const float* logits, int V, const SamplingParams& sp, const PenaltyState& pen);
+std::vector<float> target_probs(const float* logits, int V, const SamplingParams& sp,
+                                const PenaltyState& pen);
 // Index of the largest penalised logit (lowest index on ties).
 int32_t greedy_token(const float* logits, int V, const SamplingParams& sp, const PenaltyState& pen);
 // Inverse-CDF sample from p (need not be normalised).
@@ -44,8 +45,8 @@ TokenLogprob token_logprob(const float* logits, int V, int32_t tok, int top);
 // reject sample from p_i with d_i removed; after k accepts sample the bonus from p_k. The output
 // distribution is exactly the target's. `pen` is advanced with the accepted tokens.
 struct ChainAccept {
-  int accepted = 0;      // drafts accepted (0..k)
-  int32_t next = -1;     // the token that follows them (correction or bonus)
+  int accepted = 0;   // drafts accepted (0..k)
+  int32_t next = -1;  // the token that follows them (correction or bonus)
 };
 ChainAccept accept_chain(const float* logits, int V, const int32_t* drafts, int k, const SamplingParams& sp,
                          PenaltyState& pen, Rng& rng);

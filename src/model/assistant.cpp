@@ -27,8 +27,10 @@ AssistantWeights load_assistant_weights(const Checkpoint* ckpt, const AssistantC
     std::vector<uint8_t> seen(size_t(V), 0);
     for (int64_t i = 0; i < V; i++) {
       int64_t id = ord.ptr<const int64_t>()[i];
-      MTP_CHECK(id >= 0 && id < V && !seen[id], "{}: masked_embedding.token_ordering is not a permutation of "
-                "[0, {}) (entry {} = {})", wb.where(), V, i, id);
+      MTP_CHECK(id >= 0 && id < V && !seen[id],
+                "{}: masked_embedding.token_ordering is not a permutation of "
+                "[0, {}) (entry {} = {})",
+                wb.where(), V, i, id);
       seen[id] = 1;
     }
     w.token_ordering = be.alloc(DType::I64, {V});
@@ -60,22 +62,23 @@ AssistantWeights load_assistant_weights(const Checkpoint* ckpt, const AssistantC
 std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, const Gemma4Model& target,
                                                        int query_pos_offset, DummyWeights* dummy) {
   ModelConfig mc = load_config(dir);
-  MTP_CHECK(mc.kind == ModelKind::Assistant, "{}: model_type '{}' is not an MTP assistant (gemma4_assistant)", dir,
-            mc.model_type);
+  MTP_CHECK(mc.kind == ModelKind::Assistant, "{}: model_type '{}' is not an MTP assistant (gemma4_assistant)",
+            dir, mc.model_type);
   std::unique_ptr<Checkpoint> ckpt;
   if (!dummy) ckpt = std::make_unique<Checkpoint>(Checkpoint::open(dir));
   AssistantWeights w = load_assistant_weights(ckpt.get(), mc.assistant, target.backend(), dummy);
   return std::make_unique<Gemma4Assistant>(mc.assistant, std::move(w), target, query_pos_offset);
 }
 
-Gemma4Assistant::Gemma4Assistant(AssistantConfig cfg, AssistantWeights w, const Gemma4Model& target, int offset)
+Gemma4Assistant::Gemma4Assistant(AssistantConfig cfg, AssistantWeights w, const Gemma4Model& target,
+                                 int offset)
     : cfg_(std::move(cfg)), w_(std::move(w)), target_(target), offset_(offset) {
   const TextConfig& a = cfg_.text;
   const TextConfig& t = target.config();
   MTP_CHECK(offset == 0 || offset == 1, "assistant query position offset must be 0 or 1, got {}", offset);
   MTP_CHECK(cfg_.backbone_hidden_size == t.hidden_size,
-            "assistant backbone_hidden_size {} does not match the target hidden_size {}", cfg_.backbone_hidden_size,
-            t.hidden_size);
+            "assistant backbone_hidden_size {} does not match the target hidden_size {}",
+            cfg_.backbone_hidden_size, t.hidden_size);
   MTP_CHECK(a.vocab_size == t.vocab_size, "assistant vocab_size {} does not match the target vocab_size {}",
             a.vocab_size, t.vocab_size);
   // Bind each layer to the target's KV owner of its type and check that the query geometry fits the keys.
@@ -85,9 +88,10 @@ Gemma4Assistant::Gemma4Assistant(AssistantConfig cfg, AssistantWeights w, const 
     MTP_CHECK(owner >= 0, "assistant layer {} ({}) has no target layer of that type to read KV from", l,
               layer_type_name(s.type));
     const LayerSpec& o = t.layers[owner];
-    MTP_CHECK(s.head_dim == o.head_dim && s.num_kv_heads == o.num_kv_heads,
-              "assistant layer {} ({}) expects {} KV heads of dim {}, but target owner layer {} has {} of dim {}", l,
-              layer_type_name(s.type), s.num_kv_heads, s.head_dim, owner, o.num_kv_heads, o.head_dim);
+    MTP_CHECK(
+        s.head_dim == o.head_dim && s.num_kv_heads == o.num_kv_heads,
+        "assistant layer {} ({}) expects {} KV heads of dim {}, but target owner layer {} has {} of dim {}",
+        l, layer_type_name(s.type), s.num_kv_heads, s.head_dim, owner, o.num_kv_heads, o.head_dim);
     MTP_CHECK(a.rope(s.type) == t.rope(s.type),
               "assistant layer {} ({}) uses different rope_parameters from the target's {} layers", l,
               layer_type_name(s.type), layer_type_name(s.type));

@@ -25,7 +25,7 @@ struct AssistantWeights {
 // Rows to draft for: each row belongs to one target sequence (several rows per sequence for trees) and
 // attends to that sequence's committed KV [0, committed_len).
 struct DraftRows {
-  std::vector<int32_t> tokens;  // [B] input token of each row
+  std::vector<int32_t> tokens;      // [B] input token of each row
   std::vector<SeqBatchEntry> seqs;  // q_len = rows of the sequence, prefix_len = its committed length
 };
 

@@ -60,7 +60,8 @@ LayerType parse_layer_type(const json& v, const std::string& where, size_t i) {
   auto s = v.get<std::string>();
   if (s == "sliding_attention") return LayerType::Sliding;
   if (s == "full_attention") return LayerType::Full;
-  fail("{}: layer_types[{}] = '{}' is not supported (expected sliding_attention or full_attention)", where, i, s);
+  fail("{}: layer_types[{}] = '{}' is not supported (expected sliding_attention or full_attention)", where, i,
+       s);
 }
 
 RopeParams parse_rope(const json& v, const std::string& where) {
@@ -119,7 +120,8 @@ TextConfig parse_text(const json& j, const std::string& where) {
   c.pad_token_id = r.get_int("pad_token_id", 0);
   c.bos_token_id = r.get_int("bos_token_id", 2);
   if (r.has("eos_token_id")) c.eos_token_ids = parse_id_list(j["eos_token_id"], where, "eos_token_id");
-  MTP_CHECK(c.tie_word_embeddings, "{}: tie_word_embeddings=false is not supported (Gemma 4 ties lm_head)", where);
+  MTP_CHECK(c.tie_word_embeddings, "{}: tie_word_embeddings=false is not supported (Gemma 4 ties lm_head)",
+            where);
 
   if (r.has("use_bidirectional_attention")) {
     auto& v = j["use_bidirectional_attention"];
@@ -148,16 +150,23 @@ TextConfig parse_text(const json& j, const std::string& where) {
   if (r.has("rope_parameters")) {
     auto& rp = j["rope_parameters"];
     MTP_CHECK(rp.is_object(), "{}: rope_parameters must be an object", where);
-    if (rp.contains("rope_type")) fail("{}: rope_parameters must be given per layer type "
-                                       "(sliding_attention / full_attention), got a single entry", where);
+    if (rp.contains("rope_type"))
+      fail(
+          "{}: rope_parameters must be given per layer type "
+          "(sliding_attention / full_attention), got a single entry",
+          where);
     for (auto& [k, v] : rp.items()) {
-      if (k == "sliding_attention") c.rope_sliding = parse_rope(v, where + ": rope_parameters.sliding_attention");
-      else if (k == "full_attention") c.rope_full = parse_rope(v, where + ": rope_parameters.full_attention");
-      else fail("{}: rope_parameters has unknown layer type '{}'", where, k);
+      if (k == "sliding_attention")
+        c.rope_sliding = parse_rope(v, where + ": rope_parameters.sliding_attention");
+      else if (k == "full_attention")
+        c.rope_full = parse_rope(v, where + ": rope_parameters.full_attention");
+      else
+        fail("{}: rope_parameters has unknown layer type '{}'", where, k);
     }
   }
 
-  // per_layer_config (transformers 5.15+): {"<layer index>" or "<layer type>": {head_dim, num_key_value_heads}}.
+  // per_layer_config (transformers 5.15+): {"<layer index>" or "<layer type>": {head_dim,
+  // num_key_value_heads}}.
   std::map<int, LayerOverride> by_index;
   std::map<LayerType, LayerOverride> by_type;
   if (r.has("per_layer_config")) {
@@ -169,11 +178,16 @@ TextConfig parse_text(const json& j, const std::string& where) {
       Reader rv{v, w};
       LayerOverride o{rv.get_opt_int("head_dim"), rv.get_opt_int("num_key_value_heads"),
                       rv.get_opt_int("num_attention_heads")};
-      if (k == "sliding_attention") by_type[LayerType::Sliding] = o;
-      else if (k == "full_attention") by_type[LayerType::Full] = o;
+      if (k == "sliding_attention")
+        by_type[LayerType::Sliding] = o;
+      else if (k == "full_attention")
+        by_type[LayerType::Full] = o;
       else {
         int idx = -1;
-        try { idx = std::stoi(k); } catch (...) {}
+        try {
+          idx = std::stoi(k);
+        } catch (...) {
+        }
         MTP_CHECK(idx >= 0 && idx < c.num_hidden_layers && std::to_string(idx) == k,
                   "{}: key is neither a layer index in [0, {}) nor a layer type", w, c.num_hidden_layers);
         by_index[idx] = o;
@@ -186,16 +200,16 @@ TextConfig parse_text(const json& j, const std::string& where) {
   // Apply per-layer overrides on top of the derived geometry, then recheck consistency per type.
   for (int i = 0; i < c.num_hidden_layers; i++) {
     LayerSpec& s = c.layers[i];
-    for (const LayerOverride* o : {by_type.count(s.type) ? &by_type[s.type] : nullptr,
-                                   by_index.count(i) ? &by_index[i] : nullptr}) {
+    for (const LayerOverride* o :
+         {by_type.count(s.type) ? &by_type[s.type] : nullptr, by_index.count(i) ? &by_index[i] : nullptr}) {
       if (!o) continue;
       if (o->head_dim) s.head_dim = *o->head_dim;
       if (o->num_key_value_heads) s.num_kv_heads = *o->num_key_value_heads;
       if (o->num_attention_heads)
         MTP_CHECK(*o->num_attention_heads == c.num_attention_heads,
                   "{}: per_layer_config[{}].num_attention_heads={} differs from num_attention_heads={} "
-                  "(per-layer query head counts are not supported)", where, i, *o->num_attention_heads,
-                  c.num_attention_heads);
+                  "(per-layer query head counts are not supported)",
+                  where, i, *o->num_attention_heads, c.num_attention_heads);
     }
   }
   // Keep the scalar fields in sync with what the layers say, so both config forms give one TextConfig.
@@ -235,7 +249,8 @@ int TextConfig::kv_owner(LayerType t) const {
 void derive_layers(TextConfig& c, const std::string& where) {
   MTP_CHECK(c.num_hidden_layers > 0, "{}: num_hidden_layers must be positive", where);
   MTP_CHECK(c.hidden_size > 0 && c.vocab_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0,
-            "{}: hidden_size, vocab_size, num_attention_heads and num_key_value_heads must be positive", where);
+            "{}: hidden_size, vocab_size, num_attention_heads and num_key_value_heads must be positive",
+            where);
   MTP_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0 && c.global_head_dim > 0 && c.global_head_dim % 2 == 0,
             "{}: head_dim ({}) and global_head_dim ({}) must be positive and even", where, c.head_dim,
             c.global_head_dim);
@@ -245,13 +260,14 @@ void derive_layers(TextConfig& c, const std::string& where) {
   MTP_CHECK(c.sliding_window > 0, "{}: sliding_window must be positive, got {}", where, c.sliding_window);
   MTP_CHECK(c.hidden_size_per_layer_input >= 0, "{}: hidden_size_per_layer_input must be >= 0", where);
   if (c.hidden_size_per_layer_input > 0)
-    MTP_CHECK(c.vocab_size_per_layer_input > 0, "{}: vocab_size_per_layer_input must be positive with PLE", where);
+    MTP_CHECK(c.vocab_size_per_layer_input > 0, "{}: vocab_size_per_layer_input must be positive with PLE",
+              where);
   if (c.enable_moe_block)
     MTP_CHECK(c.num_experts > 0 && c.top_k_experts > 0 && c.top_k_experts <= c.num_experts &&
                   c.moe_intermediate_size > 0,
               "{}: enable_moe_block needs num_experts > 0, 0 < top_k_experts <= num_experts and "
-              "moe_intermediate_size > 0 (got {}, {}, {})", where, c.num_experts, c.top_k_experts,
-              c.moe_intermediate_size);
+              "moe_intermediate_size > 0 (got {}, {}, {})",
+              where, c.num_experts, c.top_k_experts, c.moe_intermediate_size);
   if (c.final_logit_softcapping)
     MTP_CHECK(*c.final_logit_softcapping > 0, "{}: final_logit_softcapping must be positive or null", where);
 
@@ -274,7 +290,8 @@ void derive_layers(TextConfig& c, const std::string& where) {
       MTP_CHECK(s.kv_source >= 0, "{}: KV-shared layer {} ({}) has no earlier non-shared layer of that type",
                 where, i, layer_type_name(s.type));
     }
-    bool wide = c.use_double_wide_mlp && i >= first_shared && first_shared > 0;  // G4M:1064-1066 (note the > 0)
+    bool wide =
+        c.use_double_wide_mlp && i >= first_shared && first_shared > 0;  // G4M:1064-1066 (note the > 0)
     s.mlp_width = c.intermediate_size * (wide ? 2 : 1);
     MTP_CHECK(c.num_attention_heads % s.num_kv_heads == 0,
               "{}: num_attention_heads={} is not a multiple of the {} KV heads of layer {}", where,
@@ -298,7 +315,8 @@ ModelConfig parse_config(const std::string& text, const std::string& where) {
     MTP_CHECK(top.has("text_config"), "{}: model_type gemma4 needs a 'text_config' object", where);
     mc.text = parse_text(j["text_config"], where + ": text_config");
     mc.weight_prefix = "model.language_model.";
-    if (top.has("eos_token_id")) mc.text.eos_token_ids = parse_id_list(j["eos_token_id"], where, "eos_token_id");
+    if (top.has("eos_token_id"))
+      mc.text.eos_token_ids = parse_id_list(j["eos_token_id"], where, "eos_token_id");
   } else if (mc.model_type == "gemma4_text") {
     mc.text = parse_text(j, where);
     mc.weight_prefix = "model.";
@@ -325,19 +343,25 @@ ModelConfig parse_config(const std::string& text, const std::string& where) {
     if (!tc.contains("hidden_size_per_layer_input")) tc["hidden_size_per_layer_input"] = 0;
     a.text = parse_text(tc, where + ": text_config");
     a.text.num_kv_shared_layers = nl;
-    for (auto& s : a.text.layers) { s.kv_shared = true; s.stores_kv = false; s.kv_source = -1; }
+    for (auto& s : a.text.layers) {
+      s.kv_shared = true;
+      s.stores_kv = false;
+      s.kv_source = -1;
+    }
     const TextConfig& t = a.text;
-    MTP_CHECK(t.hidden_size_per_layer_input == 0, "{}: assistant must not use per-layer embeddings "
-              "(hidden_size_per_layer_input={})", where, t.hidden_size_per_layer_input);
+    MTP_CHECK(t.hidden_size_per_layer_input == 0,
+              "{}: assistant must not use per-layer embeddings "
+              "(hidden_size_per_layer_input={})",
+              where, t.hidden_size_per_layer_input);
     MTP_CHECK(!t.enable_moe_block, "{}: assistant must not use a MoE block", where);
     MTP_CHECK(!t.use_double_wide_mlp, "{}: assistant must not use the double-wide MLP", where);
     MTP_CHECK(a.backbone_hidden_size > 0, "{}: backbone_hidden_size must be positive", where);
     if (a.use_ordered_embeddings)
-      MTP_CHECK(a.num_centroids > 0 && t.vocab_size % a.num_centroids == 0 && a.centroid_intermediate_top_k > 0 &&
-                    a.centroid_intermediate_top_k <= a.num_centroids,
+      MTP_CHECK(a.num_centroids > 0 && t.vocab_size % a.num_centroids == 0 &&
+                    a.centroid_intermediate_top_k > 0 && a.centroid_intermediate_top_k <= a.num_centroids,
                 "{}: centroid head needs vocab_size ({}) divisible by num_centroids ({}) and 0 < "
-                "centroid_intermediate_top_k ({}) <= num_centroids", where, t.vocab_size, a.num_centroids,
-                a.centroid_intermediate_top_k);
+                "centroid_intermediate_top_k ({}) <= num_centroids",
+                where, t.vocab_size, a.num_centroids, a.centroid_intermediate_top_k);
     mc.text = a.text;
     mc.weight_prefix = "";
   } else {

@@ -84,10 +84,10 @@ enum class ModelKind { Target, Assistant };
 // Where a checkpoint's text weights live, from the wrapper form of its config.
 struct ModelConfig {
   ModelKind kind = ModelKind::Target;
-  std::string model_type;      // "gemma4", "gemma4_text" or "gemma4_assistant"
-  std::string weight_prefix;   // "model.language_model.", "model." or "" (assistant)
-  TextConfig text;             // for the assistant: its own text_config
-  AssistantConfig assistant;   // valid when kind == Assistant
+  std::string model_type;     // "gemma4", "gemma4_text" or "gemma4_assistant"
+  std::string weight_prefix;  // "model.language_model.", "model." or "" (assistant)
+  TextConfig text;            // for the assistant: its own text_config
+  AssistantConfig assistant;  // valid when kind == Assistant
 };
 
 // Parse config.json text. `where` names the file in error messages.

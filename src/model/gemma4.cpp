@@ -1,5 +1,6 @@
 // The Gemma 4 target forward (gemma4-architecture.md §2). Shapes: T = tokens in the batch, H = hidden_size,
-// nh = query heads, D = the layer's head dim, kvh = its KV heads, I = its MLP width, L = layers, P = PLE width.
+// nh = query heads, D = the layer's head dim, kvh = its KV heads, I = its MLP width, L = layers, P = PLE
+// width.
 #include "model/gemma4.h"
 
 #include <cmath>
@@ -96,8 +97,10 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
   if (s.stores_kv) {
     Tensor k = be.alloc(act, {T, kvh, D}), v = be.alloc(act, {T, kvh, D});
     be.linear(k.view({T, kvh * D}), h, lw.k_proj);
-    if (s.has_v_proj) be.linear(v.view({T, kvh * D}), h, lw.v_proj);
-    else be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
+    if (s.has_v_proj)
+      be.linear(v.view({T, kvh * D}), h, lw.v_proj);
+    else
+      be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
     be.rms_norm(k, k, lw.k_norm, eps);
     be.rope(k, ctx.attn->positions, *ctx.inv_freq);
     be.rms_norm(v, v, Tensor(), eps);
@@ -152,18 +155,19 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& be) {
   ModelConfig cfg = load_config(dir);
-  MTP_CHECK(cfg.kind == ModelKind::Target, "{}: is an assistant checkpoint (model_type {}), not a target model",
-            dir, cfg.model_type);
+  MTP_CHECK(cfg.kind == ModelKind::Target,
+            "{}: is an assistant checkpoint (model_type {}), not a target model", dir, cfg.model_type);
   Checkpoint ckpt = Checkpoint::open(dir);
   std::vector<std::string> unexpected;
   TargetWeights w = load_target_weights(&ckpt, cfg, be, &unexpected);
   if (!unexpected.empty())  // HF warns the same way about unexpected keys; they are not used
-    fmt::print(stderr, "warning: {}: {} unused tensors in the checkpoint, e.g. '{}'\n", dir, unexpected.size(),
-               unexpected.front());
+    fmt::print(stderr, "warning: {}: {} unused tensors in the checkpoint, e.g. '{}'\n", dir,
+               unexpected.size(), unexpected.front());
   return std::make_unique<Gemma4Model>(std::move(cfg), std::move(w), be);
 }
 
-Gemma4Model::Gemma4Model(ModelConfig cfg, TargetWeights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
+Gemma4Model::Gemma4Model(ModelConfig cfg, TargetWeights w, Backend& be)
+    : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
   const TextConfig& c = cfg_.text;
   auto upload_f32 = [&](const std::vector<float>& v) {
     Tensor t = be_.alloc(DType::F32, {int64_t(v.size())});
@@ -215,7 +219,8 @@ ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) con
   if (P > 0) {
     Tensor tok = be.alloc(act, {T, L * P});
     float ple_scale = float(std::sqrt(double(P)));
-    be.embed(tok, meta.tokens, w_.embed_tokens_per_layer, act == DType::BF16 ? round_bf16(ple_scale) : ple_scale);
+    be.embed(tok, meta.tokens, w_.embed_tokens_per_layer,
+             act == DType::BF16 ? round_bf16(ple_scale) : ple_scale);
     Tensor proj = be.alloc(act, {T, L * P});
     be.linear(proj, x, w_.per_layer_model_projection);
     be.scale(proj, proj, float(1.0 / std::sqrt(double(H))));
@@ -231,7 +236,8 @@ ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) con
     LayerContext ctx;
     ctx.attn = &meta.attn;
     ctx.pages = s.type == LayerType::Full ? &meta.full : &meta.sliding;
-    ctx.k_cache = kv.k[s.kv_source];  // KV-shared layers read their owner's cache, written earlier this forward
+    ctx.k_cache =
+        kv.k[s.kv_source];  // KV-shared layers read their owner's cache, written earlier this forward
     ctx.v_cache = kv.v[s.kv_source];
     ctx.window = s.type == LayerType::Sliding ? c.sliding_window : 0;
     ctx.inv_freq = &inv_freq(s.type);

@@ -1,5 +1,5 @@
-// The Gemma 4 target model (Gemma4ForCausalLM / the text path of Gemma4ForConditionalGeneration), written once
-// against the Backend op contract. Read gemma4.cpp top to bottom: it is the forward pass of
+// The Gemma 4 target model (Gemma4ForCausalLM / the text path of Gemma4ForConditionalGeneration), written
+// once against the Backend op contract. Read gemma4.cpp top to bottom: it is the forward pass of
 // gemma4-architecture.md §2, with the paged KV cache of DESIGN.md §5.
 #pragma once
 #include <memory>
@@ -23,7 +23,8 @@ struct KvStorage {
   int64_t bytes_per_token(LayerType t) const;  // over the owner layers of that pool
 };
 
-// One sequence of a forward batch: `q_len` new tokens whose KV goes to slots prefix_len .. prefix_len+q_len-1.
+// One sequence of a forward batch: `q_len` new tokens whose KV goes to slots prefix_len ..
+// prefix_len+q_len-1.
 struct SeqBatchEntry {
   int q_len = 0;
   int prefix_len = 0;
@@ -80,7 +81,9 @@ class Gemma4Model {
   const ModelConfig& model_config() const { return cfg_; }
   Backend& backend() const { return be_; }
   const TargetWeights& weights() const { return w_; }
-  const Tensor& inv_freq(LayerType t) const { return t == LayerType::Sliding ? inv_freq_sliding_ : inv_freq_full_; }
+  const Tensor& inv_freq(LayerType t) const {
+    return t == LayerType::Sliding ? inv_freq_sliding_ : inv_freq_full_;
+  }
   // bf16(sqrt(H)) when activations are bf16, as HF rounds the scale to the model dtype; sqrt(H) in fp32.
   float embed_scale() const { return embed_scale_; }
 

@@ -54,7 +54,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     uint64_t n = 0;
     std::memcpy(&n, base, 8);  // little-endian u64
     MTP_CHECK(n > 0 && n <= size_ - 8 && n < (uint64_t(100) << 20),
-              "{}: corrupt safetensors header: header length {} does not fit the {}-byte file", path, n, size_);
+              "{}: corrupt safetensors header: header length {} does not fit the {}-byte file", path, n,
+              size_);
     json h;
     try {
       h = json::parse(std::string_view(base + 8, n));
@@ -76,18 +77,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       MTP_CHECK(v["shape"].is_array(), "{}: shape must be a list", where);
       int64_t numel = 1;
       for (auto& d : v["shape"]) {
-        MTP_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, "{}: bad shape {}", where, v["shape"].dump());
+        MTP_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, "{}: bad shape {}", where,
+                  v["shape"].dump());
         t.shape.push_back(d.get<int64_t>());
         numel *= t.shape.back();
       }
       auto& off = v["data_offsets"];
-      MTP_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
-                "{}: data_offsets must be two non-negative integers", where);
+      MTP_CHECK(
+          off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+          "{}: data_offsets must be two non-negative integers", where);
       t.begin = off[0].get<size_t>();
       t.end = off[1].get<size_t>();
       MTP_CHECK(t.begin <= t.end && t.end <= data_size,
-                "{}: data_offsets [{}, {}) lie outside the {}-byte data section (truncated file?)", where, t.begin,
-                t.end, data_size);
+                "{}: data_offsets [{}, {}) lie outside the {}-byte data section (truncated file?)", where,
+                t.begin, t.end, data_size);
       MTP_CHECK(t.end - t.begin == size_t(numel) * dtype_size(t.dtype),
                 "{}: {} bytes do not match shape {} of {}", where, t.end - t.begin, v["shape"].dump(),
                 dtype_name(t.dtype));
@@ -110,8 +113,8 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 }
 
 Tensor SafetensorsFile::view(const TensorInfo& info) const {
-  MTP_CHECK(info.shape.size() <= 4, "{}: tensor '{}' has {} dimensions (at most 4 supported)", path_, info.name,
-            info.shape.size());
+  MTP_CHECK(info.shape.size() <= 4, "{}: tensor '{}' has {} dimensions (at most 4 supported)", path_,
+            info.name, info.shape.size());
   Tensor t;
   t.data = const_cast<char*>(data_ + info.begin);
   t.dtype = info.dtype;
@@ -142,14 +145,15 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     for (auto& [name, file] : j["weight_map"].items()) {
       MTP_CHECK(file.is_string(), "{}: weight_map['{}'] must be a file name", index, name);
       std::string fn = file.get<std::string>();
-      MTP_CHECK(fn.find('/') == std::string::npos, "{}: shard name '{}' must be a plain file name", index, fn);
+      MTP_CHECK(fn.find('/') == std::string::npos, "{}: shard name '{}' must be a plain file name", index,
+                fn);
       if (!file_idx.count(fn)) {
         file_idx[fn] = c.files_.size();
         c.files_.push_back(std::make_shared<SafetensorsFile>(dir + "/" + fn));
       }
       const auto& sf = *c.files_[file_idx[fn]];
-      MTP_CHECK(sf.find(name), "{}: index says tensor '{}' is in {}, but that shard does not contain it", index,
-                name, fn);
+      MTP_CHECK(sf.find(name), "{}: index says tensor '{}' is in {}, but that shard does not contain it",
+                index, name, fn);
       c.where_[name] = file_idx[fn];
     }
   } else if (fs::exists(single)) {
@@ -193,7 +197,9 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   for (auto& [name, t] : tensors) {
     MTP_ASSERT(t.device == Device::CPU);
     std::vector<int64_t> shape(t.shape.begin(), t.shape.begin() + t.ndim);
-    h[name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", shape}, {"data_offsets", {off, off + t.nbytes()}}};
+    h[name] = {{"dtype", std::string(dtype_name(t.dtype))},
+               {"shape", shape},
+               {"data_offsets", {off, off + t.nbytes()}}};
     off += t.nbytes();
   }
   h["__metadata__"] = {{"format", "pt"}};

@@ -47,9 +47,13 @@ Tensor WeightBinder::make_dummy(const std::string& name, std::initializer_list<i
   int64_t fan_in = t.dim(-1);
   double std = embed ? 1.0 / std::sqrt(double(fan_in)) : 1.0 / std::sqrt(double(fan_in));
   for (int64_t i = 0; i < t.numel(); i++) {
-    double v = scalar ? 0.5 + 0.5 * rng.uniform() : norm ? 1.0 + 0.2 * (2 * rng.uniform() - 1) : std * rng.normal();
-    if (t.dtype == DType::BF16) t.ptr<uint16_t>()[i] = f32_to_bf16(float(v));
-    else t.ptr<float>()[i] = float(v);
+    double v = scalar ? 0.5 + 0.5 * rng.uniform()
+               : norm ? 1.0 + 0.2 * (2 * rng.uniform() - 1)
+                      : std * rng.normal();
+    if (t.dtype == DType::BF16)
+      t.ptr<uint16_t>()[i] = f32_to_bf16(float(v));
+    else
+      t.ptr<float>()[i] = float(v);
   }
   dummy_->generated.emplace_back(prefix_ + name, t);
   return t;
@@ -63,7 +67,8 @@ Tensor WeightBinder::get_permutation(const std::string& name, int64_t n) {
   t.holder = buf;
   Rng rng{dummy_->seed ^ hash_name(name)};
   for (int64_t i = 0; i < n; i++) t.ptr<int64_t>()[i] = i;
-  for (int64_t i = n - 1; i > 0; i--) std::swap(t.ptr<int64_t>()[i], t.ptr<int64_t>()[rng.next() % uint64_t(i + 1)]);
+  for (int64_t i = n - 1; i > 0; i--)
+    std::swap(t.ptr<int64_t>()[i], t.ptr<int64_t>()[rng.next() % uint64_t(i + 1)]);
   dummy_->generated.emplace_back(prefix_ + name, t);
   used_.push_back(prefix_ + name);
   return t;
@@ -80,12 +85,12 @@ Tensor WeightBinder::get(const std::string& name, std::initializer_list<int64_t>
             Tensor(nullptr, DType::F32, shape).shape_str());
   const TensorInfo& info = ckpt_.info(full);
   std::vector<int64_t> want(shape);
-  MTP_CHECK(info.shape == want, "{}: tensor '{}' has shape {} but the config implies {}", ckpt_.file_of(full), full,
-            ckpt_.get(full).shape_str(), Tensor(nullptr, DType::F32, shape).shape_str());
+  MTP_CHECK(info.shape == want, "{}: tensor '{}' has shape {} but the config implies {}", ckpt_.file_of(full),
+            full, ckpt_.get(full).shape_str(), Tensor(nullptr, DType::F32, shape).shape_str());
   if (is_float)
     MTP_CHECK(info.dtype == DType::F32 || info.dtype == DType::BF16 || info.dtype == DType::F16,
-              "{}: tensor '{}' has dtype {}, expected a float type (F32, BF16 or F16)", ckpt_.file_of(full), full,
-              dtype_name(info.dtype));
+              "{}: tensor '{}' has dtype {}, expected a float type (F32, BF16 or F16)", ckpt_.file_of(full),
+              full, dtype_name(info.dtype));
   used_.push_back(full);
   Tensor t = ckpt_.get(full);
   return is_float ? be_.upload_weight(t) : t;
@@ -97,7 +102,8 @@ TargetWeights load_target_weights(const Checkpoint* ckpt, const ModelConfig& mc,
   WeightBinder wb(ckpt, mc.weight_prefix, be, dummy);
   MTP_CHECK(mc.kind == ModelKind::Target, "{}: expected a target model, got model_type '{}'", wb.where(),
             mc.model_type);
-  const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
+  const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers,
+                P = c.hidden_size_per_layer_input;
   const int64_t nh = c.num_attention_heads;
   TargetWeights w;
   w.embed_tokens = wb.get("embed_tokens.weight", {V, H});

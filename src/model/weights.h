@@ -11,26 +11,27 @@
 namespace mtpserve {
 
 struct LayerWeights {
-  Tensor input_layernorm, post_attention_layernorm, pre_feedforward_layernorm, post_feedforward_layernorm;  // [H]
-  Tensor layer_scalar;  // [1]
-  Tensor q_proj;        // [nh*D, H]
-  Tensor q_norm;        // [D]
-  Tensor k_proj;        // [kvh*D, H]   (owner layers only)
-  Tensor k_norm;        // [D]          (owner layers only)
-  Tensor v_proj;        // [kvh*D, H]   (owner layers with has_v_proj)
-  Tensor o_proj;        // [H, nh*D]
-  Tensor gate_proj, up_proj;  // [I, H]
-  Tensor down_proj;           // [H, I]
+  Tensor input_layernorm, post_attention_layernorm, pre_feedforward_layernorm,
+      post_feedforward_layernorm;  // [H]
+  Tensor layer_scalar;             // [1]
+  Tensor q_proj;                   // [nh*D, H]
+  Tensor q_norm;                   // [D]
+  Tensor k_proj;                   // [kvh*D, H]   (owner layers only)
+  Tensor k_norm;                   // [D]          (owner layers only)
+  Tensor v_proj;                   // [kvh*D, H]   (owner layers with has_v_proj)
+  Tensor o_proj;                   // [H, nh*D]
+  Tensor gate_proj, up_proj;       // [I, H]
+  Tensor down_proj;                // [H, I]
   // PLE (hidden_size_per_layer_input P > 0)
   Tensor per_layer_input_gate;       // [P, H]
   Tensor per_layer_projection;       // [H, P]
   Tensor post_per_layer_input_norm;  // [H]
   // MoE (enable_moe_block)
-  Tensor router_proj;           // [E, H]
-  Tensor router_scale;          // [H]
+  Tensor router_proj;              // [E, H]
+  Tensor router_scale;             // [H]
   Tensor router_per_expert_scale;  // [E]
-  Tensor experts_gate_up;       // [E, 2*I_e, H]
-  Tensor experts_down;          // [E, H, I_e]
+  Tensor experts_gate_up;          // [E, 2*I_e, H]
+  Tensor experts_down;             // [E, H, I_e]
   Tensor pre_feedforward_layernorm_2, post_feedforward_layernorm_1, post_feedforward_layernorm_2;  // [H]
 };
 
@@ -57,7 +58,8 @@ struct DummyWeights {
 // (k/v of KV-shared layers, vision/audio towers, a stored tied lm_head) are skipped, other extras reported.
 // With `dummy` set, `ckpt` is ignored and seeded random weights are generated instead.
 TargetWeights load_target_weights(const Checkpoint* ckpt, const ModelConfig& cfg, Backend& be,
-                                  std::vector<std::string>* unexpected = nullptr, DummyWeights* dummy = nullptr);
+                                  std::vector<std::string>* unexpected = nullptr,
+                                  DummyWeights* dummy = nullptr);
 
 // Helper shared with the assistant loader: fetch `name`, check its shape, upload.
 class WeightBinder {

@@ -2,10 +2,10 @@
 // rounds every op's output to bf16), and lossless greedy speculation on the GPU.
 //
 // Bound: each decoder layer rounds the residual stream to bf16 about ten times (u = 2^-8 = 3.9e-3 each) on
-// both sides, with different kernels and summation orders; over L <= 8 layers the accumulated relative error of
-// the logits is about sqrt(10 L) u <= 3.5e-2, so the normalised logit error ||ours - hf|| / ||hf|| must stay
-// under 5e-2 and the top-1 token must agree wherever HF's own top-2 margin exceeds 0.5 (a few bf16 steps at
-// the softcapped logit scale).
+// both sides, with different kernels and summation orders; over L <= 8 layers the accumulated relative error
+// of the logits is about sqrt(10 L) u <= 3.5e-2, so the normalised logit error ||ours - hf|| / ||hf|| must
+// stay under 5e-2 and the top-1 token must agree wherever HF's own top-2 margin exceeds 0.5 (a few bf16 steps
+// at the softcapped logit scale).
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -60,14 +60,15 @@ TEST_P(CudaGolden, LogitsMatchTransformersBf16) {
       if (b[ib] - top2 > 0.5f) clear++, agree += ia == ib;
     }
     double nerr = std::sqrt(num / den);
-    std::printf("%s prompt %zu: normalised logit error %.3e, top-1 %d/%d on clear-margin rows\n", GetParam().c_str(),
-                p, nerr, agree, clear);
+    std::printf("%s prompt %zu: normalised logit error %.3e, top-1 %d/%d on clear-margin rows\n",
+                GetParam().c_str(), p, nerr, agree, clear);
     EXPECT_LT(nerr, 5e-2);
     EXPECT_EQ(agree, clear);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaGolden, ::testing::Values("e_style", "k_eq_v_style", "moe_style", "irregular"));
+INSTANTIATE_TEST_SUITE_P(Variants, CudaGolden,
+                         ::testing::Values("e_style", "k_eq_v_style", "moe_style", "irregular"));
 
 TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
   auto run = [](const std::string& asst, const std::vector<std::vector<int32_t>>& prompts) {
@@ -111,7 +112,8 @@ TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
     auto b = run(asst, prompts);
     int same = 0;
     for (size_t i = 0; i < prompts.size(); i++) same += a[i] == b[i];
-    std::printf("GPU greedy with %s: speculative == target-only for %d/%zu prompts\n", asst, same, prompts.size());
+    std::printf("GPU greedy with %s: speculative == target-only for %d/%zu prompts\n", asst, same,
+                prompts.size());
     // bf16 verify blocks ([K+1] rows) and decode steps (1 row) may round a near-tie differently
     // (mtp-algorithm.md §4 #10); everything else must be identical.
     EXPECT_GE(same, int(prompts.size()) * 9 / 10);

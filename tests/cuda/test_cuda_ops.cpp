@@ -1,14 +1,15 @@
 // Every CUDA op against the CPU backend (the executable specification) on fresh random inputs with awkward
-// shapes, plus whole-model logits on both backends. GPU outputs are poisoned (0xFF bytes: NaN for floats, -1 for
-// ints) before each run and surrounded by guard bytes that must survive.
+// shapes, plus whole-model logits on both backends. GPU outputs are poisoned (0xFF bytes: NaN for floats, -1
+// for ints) before each run and surrounded by guard bytes that must survive.
 //
 // Error bound (DESIGN.md §9, style-anchors.md): inputs are bf16 values given to both backends exactly (CPU as
-// fp32), so the only differences are the CUDA op's bf16 output roundings and fp32 summation order. One rounding
-// to nearest bf16 (8 significant bits) has relative error <= u = 2^-8 = 3.9e-3 per element, so the normalised
-// error ||out - ref|| / ||ref|| <= u for single-rounding ops: we assert kTol1 = 5e-3 (u plus fp32-order noise).
-// Ops that round n times along the way (gelu_mul 2, softcap 3, rope: bf16 cos/sin + output, MoE experts:
-// gate/up/gelu/product/expert output/sum) get n*u bounded by kTolN = 1e-2 (n <= 3 effective: the roundings of
-// intermediate values are damped by the later products). Integer outputs (argmax, expert ids, KV slots) exact.
+// fp32), so the only differences are the CUDA op's bf16 output roundings and fp32 summation order. One
+// rounding to nearest bf16 (8 significant bits) has relative error <= u = 2^-8 = 3.9e-3 per element, so the
+// normalised error ||out - ref|| / ||ref|| <= u for single-rounding ops: we assert kTol1 = 5e-3 (u plus
+// fp32-order noise). Ops that round n times along the way (gelu_mul 2, softcap 3, rope: bf16 cos/sin +
+// output, MoE experts: gate/up/gelu/product/expert output/sum) get n*u bounded by kTolN = 1e-2 (n <= 3
+// effective: the roundings of intermediate values are damped by the later products). Integer outputs (argmax,
+// expert ids, KV slots) exact.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -146,8 +147,10 @@ std::vector<float> host_f32(const Tensor& t) {
 }
 std::vector<int32_t> host_i32(const Tensor& t) {
   std::vector<int32_t> v(size_t(t.numel()));
-  if (t.device == Device::CPU) std::memcpy(v.data(), t.data, v.size() * 4);
-  else gpu().copy_to_host(v.data(), t);
+  if (t.device == Device::CPU)
+    std::memcpy(v.data(), t.data, v.size() * 4);
+  else
+    gpu().copy_to_host(v.data(), t);
   return v;
 }
 
@@ -163,10 +166,10 @@ double nerr(const std::vector<float>& a, const std::vector<float>& b) {
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
-#define EXPECT_NERR(got, ref, tol, what)                       \
-  do {                                                         \
-    double e_ = nerr(got, ref);                                \
-    EXPECT_LE(e_, tol) << what << " normalised error " << e_;  \
+#define EXPECT_NERR(got, ref, tol, what)                      \
+  do {                                                        \
+    double e_ = nerr(got, ref);                               \
+    EXPECT_LE(e_, tol) << what << " normalised error " << e_; \
   } while (0)
 
 // ------------------------------------------------------------------------------------------------ row ops
@@ -198,7 +201,8 @@ TEST(CudaOps, Embed) {
 }
 
 TEST(CudaOps, RmsNorm) {
-  for (auto [R, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 96}, {3, 130}, {17, 256}, {5, 2560}, {2, 5376}, {7, 10}})
+  for (auto [R, D] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 96}, {3, 130}, {17, 256}, {5, 2560}, {2, 5376}, {7, 10}})
     for (bool weighted : {true, false})
       for (bool inplace : {false, true}) {
         auto x = randn_bf16(size_t(R * D), 3.0f);
@@ -322,7 +326,8 @@ TEST(CudaOps, TransposeGatherCopy) {
 // ------------------------------------------------------------------------------------------------ linear
 
 TEST(CudaOps, Linear) {
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{96, 130}, {130, 96}, {512, 2560}, {1000, 264}, {2304, 64}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {96, 130}, {130, 96}, {512, 2560}, {1000, 264}, {2304, 64}};
   for (auto [N, K] : shapes)
     for (int64_t M : {1, 2, 3, 8, 13, 17, 64, 130}) {
       auto x = randn_bf16(size_t(M * K)), w = randn_bf16(size_t(N * K), float(1.0 / std::sqrt(double(K))));
@@ -335,7 +340,8 @@ TEST(CudaOps, Linear) {
         Guarded o(DType::BF16, {M, N});
         gpu().linear(o.t, gx, gw);
         o.check("linear");
-        EXPECT_NERR(host_f32(o.t), ref, kTol1, "linear M=" << M << " N=" << N << " K=" << K << " path=" << int(path));
+        EXPECT_NERR(host_f32(o.t), ref, kTol1,
+                    "linear M=" << M << " N=" << N << " K=" << K << " path=" << int(path));
       }
       cuda_set_linear_path(gpu(), CudaLinearPath::Auto);
     }
@@ -344,8 +350,12 @@ TEST(CudaOps, Linear) {
 // ------------------------------------------------------------------------------------------------ rope
 
 TEST(CudaOps, Rope) {
-  struct Case { int64_t T, heads, D; bool proportional; };
-  for (auto cs : std::vector<Case>{{1, 8, 256, false}, {3, 2, 512, true}, {17, 4, 10, false}, {5, 1, 256, false}}) {
+  struct Case {
+    int64_t T, heads, D;
+    bool proportional;
+  };
+  for (auto cs :
+       std::vector<Case>{{1, 8, 256, false}, {3, 2, 512, true}, {17, 4, 10, false}, {5, 1, 256, false}}) {
     RopeParams rp;
     if (cs.proportional) {
       rp.rope_type = "proportional";
@@ -411,9 +421,12 @@ void run_attention_case(const AttnCase& ac) {
   for (int s = 0; s < S; s++) {
     std::vector<int> parent(ac.q_len[s], -1), depth(ac.q_len[s], 0);
     for (int i = 0; i < ac.q_len[s]; i++) {
-      if (ac.tree && i > 0) parent[i] = int(g() % i), depth[i] = depth[parent[i]] + 1;
-      else if (i > 0) depth[i] = i;
-      int32_t p = ac.block_keys ? ac.prefix[s] + depth[i] : ac.prefix[s] + int32_t(g() % 2);  // read-only: p or p+1
+      if (ac.tree && i > 0)
+        parent[i] = int(g() % i), depth[i] = depth[parent[i]] + 1;
+      else if (i > 0)
+        depth[i] = i;
+      int32_t p =
+          ac.block_keys ? ac.prefix[s] + depth[i] : ac.prefix[s] + int32_t(g() % 2);  // read-only: p or p+1
       pos.push_back(p);
       if (ac.tree)
         for (int j = i; j >= 0; j = parent[j]) mask[size_t(cu[s] + i) * max_q + j] = 1;
@@ -438,8 +451,10 @@ void run_attention_case(const AttnCase& ac) {
     m.block_keys = ac.block_keys;
     if (ac.tree) {
       m.tree_mask = be.alloc(DType::U8, {T, max_q});
-      if (on_gpu) be.copy_from_host(m.tree_mask, mask.data());
-      else std::memcpy(m.tree_mask.data, mask.data(), mask.size());
+      if (on_gpu)
+        be.copy_from_host(m.tree_mask, mask.data());
+      else
+        std::memcpy(m.tree_mask.data, mask.data(), mask.size());
     }
     return m;
   };
@@ -519,7 +534,8 @@ TEST(CudaOps, MoeRoute) {
 
 TEST(CudaOps, MoeExperts) {
   for (int64_t T : {1, 3, 17, 64})
-    for (auto [E, k, H, I] : std::vector<std::array<int64_t, 4>>{{8, 2, 96, 24}, {16, 4, 256, 64}, {128, 8, 64, 704}}) {
+    for (auto [E, k, H, I] :
+         std::vector<std::array<int64_t, 4>>{{8, 2, 96, 24}, {16, 4, 256, 64}, {128, 8, 64, 704}}) {
       auto x = randn_bf16(size_t(T * H));
       auto gu = randn_bf16(size_t(E * 2 * I * H), float(1 / std::sqrt(double(H))));
       auto dn = randn_bf16(size_t(E * H * I), float(1 / std::sqrt(double(I))));
@@ -530,11 +546,12 @@ TEST(CudaOps, MoeExperts) {
         std::vector<int32_t> all(E);
         std::iota(all.begin(), all.end(), 0);
         std::shuffle(all.begin(), all.end(), g);
-        for (int j = 0; j < k; j++) ex[t * k + j] = all[j], wts[t * k + j] = 0.05f + float(g() % 1000) / 1000.f;
+        for (int j = 0; j < k; j++)
+          ex[t * k + j] = all[j], wts[t * k + j] = 0.05f + float(g() % 1000) / 1000.f;
       }
       Tensor c = cpu().alloc(DType::F32, {T, H});
-      cpu().moe_experts(c, cpu_f32(x, {T, H}), cpu_f32(wts, {T, k}), cpu_i32(ex, {T, k}), cpu_bf16(gu, {E, 2 * I, H}),
-                        cpu_bf16(dn, {E, H, I}));
+      cpu().moe_experts(c, cpu_f32(x, {T, H}), cpu_f32(wts, {T, k}), cpu_i32(ex, {T, k}),
+                        cpu_bf16(gu, {E, 2 * I, H}), cpu_bf16(dn, {E, H, I}));
       Guarded o(DType::BF16, {T, H});
       gpu().moe_experts(o.t, gpu_bf16(x, {T, H}), gpu_f32(wts, {T, k}), gpu_i32(ex, {T, k}),
                         gpu_bf16(gu, {E, 2 * I, H}), gpu_bf16(dn, {E, H, I}));
@@ -591,7 +608,8 @@ TEST(CudaOps, UploadWeight) {
   EXPECT_EQ(back, (std::vector<int64_t>{4, 3, 2, 1, 0}));
 }
 
-// ------------------------------------------------------------------------------------------------ whole model
+// ------------------------------------------------------------------------------------------------ whole
+// model
 
 nlohmann::json model_variant(const std::string& name) {
   auto c = test::small_text_config();
@@ -620,10 +638,10 @@ nlohmann::json model_variant(const std::string& name) {
 
 class CudaModel : public ::testing::TestWithParam<const char*> {};
 
-// bf16 activations against the fp32 CPU forward (the tests' small config: head dims 8/16): every op rounds its
-// output once (~u = 3.9e-3 relative), through 6 layers of ~20 ops with residual adds. Bound 5e-2 on the
-// normalised logit error (a wrong mask, page or rope breaks it by O(1)), top-1 agreement >= 90%, and top-1 must
-// agree wherever the fp32 top-2 margin exceeds twice the row's max |error|.
+// bf16 activations against the fp32 CPU forward (the tests' small config: head dims 8/16): every op rounds
+// its output once (~u = 3.9e-3 relative), through 6 layers of ~20 ops with residual adds. Bound 5e-2 on the
+// normalised logit error (a wrong mask, page or rope breaks it by O(1)), top-1 agreement >= 90%, and top-1
+// must agree wherever the fp32 top-2 margin exceeds twice the row's max |error|.
 TEST_P(CudaModel, LogitsMatchCpuForPrefillAndDecode) {
   auto cfg = model_variant(GetParam());
   auto mc = test::make_dummy_model(cfg, cpu(), 11);
@@ -650,14 +668,16 @@ TEST_P(CudaModel, LogitsMatchCpuForPrefillAndDecode) {
       agree += ia == ib;
       if (b[ib] - top2 > 2 * maxerr) must++, bad += ia != ib;
     }
-    std::printf("[model %s chunk %d] normalised logit error %.3e, top-1 agreement %d/%d (%d rows with a clear margin)\n",
-                GetParam(), chunk, e, agree, n, must);
+    std::printf(
+        "[model %s chunk %d] normalised logit error %.3e, top-1 agreement %d/%d (%d rows with a clear "
+        "margin)\n",
+        GetParam(), chunk, e, agree, n, must);
     EXPECT_EQ(bad, 0) << "top-1 differs on rows with a clear margin, chunk " << chunk;
     if (std::string(GetParam()) == "real_dims") {
       // With random weights, RMS-normalised q and k of dim 256/512 give attention logits of std ~16-22 (scale
       // 1.0), so softmax is nearly one-hot and a bf16 ulp in q or k moves it: measured normalised logit error
-      // ~0.5 with every op passing its own test. Only the clear-margin rule applies (a trained model's logits are
-      // far smaller); the kernels at these dims are covered op by op above.
+      // ~0.5 with every op passing its own test. Only the clear-margin rule applies (a trained model's logits
+      // are far smaller); the kernels at these dims are covered op by op above.
       EXPECT_LT(e, 2.0) << "chunk " << chunk;
     } else {
       EXPECT_LE(e, 5e-2) << "chunk " << chunk;

@@ -31,8 +31,9 @@ TEST_P(GoldenAcceptance, EngineReproducesReferenceRounds) {
   ss << f.rdbuf();
   auto g = nlohmann::json::parse(ss.str());
   const int K = 3, max_new = g["max_new_tokens"];
-  const std::string run_name = std::string(asst.find("centroid") != std::string::npos ? "centroid" : "dense") +
-                               "/fp32/greedy/K3/off+1/chat";
+  const std::string run_name =
+      std::string(asst.find("centroid") != std::string::npos ? "centroid" : "dense") +
+      "/fp32/greedy/K3/off+1/chat";
   nlohmann::json ref;
   for (auto& r : g["runs"])
     if (r["run"] == run_name) ref = r;
@@ -92,8 +93,8 @@ TEST_P(GoldenAcceptance, EngineReproducesReferenceRounds) {
     rounds += int(runs[i].rounds.size());
   }
   EXPECT_GT(compared, 200);
-  std::printf("%s K=%d: acceptance length %.3f over %d rounds (reference, all 100 prompts: %.3f)\n", asst.c_str(),
-              K, double(emitted) / rounds, rounds, ref["stats"]["AL"].get<double>());
+  std::printf("%s K=%d: acceptance length %.3f over %d rounds (reference, all 100 prompts: %.3f)\n",
+              asst.c_str(), K, double(emitted) / rounds, rounds, ref["stats"]["AL"].get<double>());
 }
 
 INSTANTIATE_TEST_SUITE_P(Assistants, GoldenAcceptance,

@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/generate.h"
 #include "../unit/test_util.h"
+#include "engine/generate.h"
 #include "model/assistant.h"
 
 namespace mtpserve {
@@ -92,7 +92,8 @@ TEST_P(GoldenAssistant, StepsMatchTransformers) {
         }
       } else {
         for (int v = 0; v < V; v++) worst = std::max(worst, rel_err(o.logits.ptr<float>()[v], ref_l[v]));
-        argmax = int(std::max_element(o.logits.ptr<float>(), o.logits.ptr<float>() + V) - o.logits.ptr<float>());
+        argmax =
+            int(std::max_element(o.logits.ptr<float>(), o.logits.ptr<float>() + V) - o.logits.ptr<float>());
       }
       EXPECT_LT(worst, kTol) << GetParam() << " prompt " << p << " step " << st << " logits";
       double worst_h = 0;
@@ -109,7 +110,8 @@ TEST_P(GoldenAssistant, StepsMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Pairs, GoldenAssistant,
                          ::testing::Values("assistant_e_style_dense", "assistant_e_style_centroid",
-                                           "assistant_k_eq_v_style_dense", "assistant_k_eq_v_style_centroid"));
+                                           "assistant_k_eq_v_style_dense",
+                                           "assistant_k_eq_v_style_centroid"));
 
 TEST(GoldenAssistant, MismatchedPairIsALoadError) {
   auto be = make_cpu_backend();

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/generate.h"
 #include "../unit/test_util.h"
+#include "engine/generate.h"
 
 namespace mtpserve {
 namespace {
@@ -57,7 +57,8 @@ TEST_P(GoldenHF, LogitsHiddenAndGreedyMatchTransformers) {
     for (size_t i = 0; i < ref.size(); i++)
       worst = std::max(worst, std::abs(double(logits[i]) - ref[i]) / std::max(1.0, std::abs(double(ref[i]))));
     for (size_t i = 0; i < ref_h.size(); i++)
-      worst_h = std::max(worst_h, std::abs(double(hidden[i]) - ref_h[i]) / std::max(1.0, std::abs(double(ref_h[i]))));
+      worst_h = std::max(worst_h,
+                         std::abs(double(hidden[i]) - ref_h[i]) / std::max(1.0, std::abs(double(ref_h[i]))));
     EXPECT_LT(worst, kLogitTol) << c << " prompt " << p << " (length " << T << ")";
     EXPECT_LT(worst_h, kLogitTol) << c << " prompt " << p << " hidden";
 
@@ -119,7 +120,8 @@ TEST(GoldenHF, FlatAndPerLayerConfigFormsGiveTheSameLayers) {
       EXPECT_EQ(hl[i]["has_v_proj"].get<bool>(), s.has_v_proj) << var << " layer " << i;
     }
     for (auto& [type, owner] : g["kv_source_layers"].items())
-      EXPECT_EQ(text.text.kv_owner(type == "full_attention" ? LayerType::Full : LayerType::Sliding), owner.get<int>())
+      EXPECT_EQ(text.text.kv_owner(type == "full_attention" ? LayerType::Full : LayerType::Sliding),
+                owner.get<int>())
           << var << " " << type;
   }
 }
@@ -129,12 +131,14 @@ TEST(GoldenHF, RopeInverseFrequenciesMatchTransformers) {
     std::string dir = golden_dir() + var;
     auto g = test::read_json(dir + "/golden.json");
     ModelConfig mc = load_config(dir + "/text");
-    for (auto [name, type] : {std::pair{"sliding_attention", LayerType::Sliding}, {"full_attention", LayerType::Full}}) {
+    for (auto [name, type] :
+         {std::pair{"sliding_attention", LayerType::Sliding}, {"full_attention", LayerType::Full}}) {
       auto ref = g["rope_inv_freq"][name].get<std::vector<double>>();
       int D = type == LayerType::Full ? mc.text.global_head_dim : mc.text.head_dim;
       auto ours = rope_inv_freq(mc.text.rope(type), D);
       ASSERT_EQ(ours.size(), ref.size()) << var << " " << name;
-      for (size_t j = 0; j < ref.size(); j++) EXPECT_NEAR(ours[j], ref[j], 1e-7 * std::max(1.0, ref[j])) << var << name << j;
+      for (size_t j = 0; j < ref.size(); j++)
+        EXPECT_NEAR(ours[j], ref[j], 1e-7 * std::max(1.0, ref[j])) << var << name << j;
     }
   }
 }

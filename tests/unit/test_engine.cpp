@@ -116,7 +116,8 @@ TEST_P(GreedyLossless, SpeculativeEqualsTargetOnly) {
 
 INSTANTIATE_TEST_SUITE_P(
     Pairs, GreedyLossless,
-    ::testing::Combine(::testing::Values(Pair{"tiny_dense", "models/tiny-gemma4", "models/tiny-gemma4-assistant"},
+    ::testing::Combine(::testing::Values(Pair{"tiny_dense", "models/tiny-gemma4",
+                                              "models/tiny-gemma4-assistant"},
                                          Pair{"tiny_centroid", "models/tiny-gemma4",
                                               "models/tiny-gemma4-assistant-centroid"},
                                          Pair{"e_style_centroid", "tests/data/golden/e_style/text",
@@ -146,7 +147,8 @@ TEST(EngineRegressions, EveryRequestFinishesInVerify) {
   // max_tokens small enough that each request's last tokens arrive in one verify step together.
   auto e = Engine::create(tiny_opts(4));
   std::vector<GenerationRequest> reqs;
-  for (int i = 0; i < 4; i++) reqs.push_back(greedy_req("f" + std::to_string(i), {2, 651 + i, 12, 9, 300}, 3));
+  for (int i = 0; i < 4; i++)
+    reqs.push_back(greedy_req("f" + std::to_string(i), {2, 651 + i, 12, 9, 300}, 3));
   auto got = run_all(*e, reqs);
   for (auto& g : got) EXPECT_EQ(g.finish, FinishReason::Length);
   // The engine keeps serving afterwards (no stale draft state).
@@ -173,7 +175,7 @@ TEST(EngineRegressions, RequestJoiningMidFlight) {
     if (!once.exchange(true)) started.set_value();
     if (out.finish != FinishReason::None) a_done.set_value();
   });
-  started.get_future().wait();  // a is decoding; b joins now
+  started.get_future().wait();                  // a is decoding; b joins now
   auto pb = test::random_tokens(150, 8000, 6);  // longer than the sliding window (128)
   pb[0] = 2;
   auto b = run_all(*e, {greedy_req("b", pb, 40)});
@@ -221,7 +223,8 @@ TEST(EngineRegressions, SpeculationOffPerRequestAndMixedK) {
     reqs.push_back(r);
   }
   auto got = run_all(*e, reqs);
-  for (int i = 0; i < 4; i++) EXPECT_EQ(got[i].tokens, reference(*m, reqs[i].prompt, 30, m->config().eos_token_ids));
+  for (int i = 0; i < 4; i++)
+    EXPECT_EQ(got[i].tokens, reference(*m, reqs[i].prompt, 30, m->config().eos_token_ids));
   EXPECT_EQ(got[0].drafted, 0);
   EXPECT_EQ(got[2].drafted, 0);
   EXPECT_GT(got[1].drafted, 0);
@@ -243,7 +246,8 @@ TEST(EngineRegressions, PreemptionByRecomputeKeepsOutputExact) {
     reqs.push_back(greedy_req("p" + std::to_string(i), p, 80));
   }
   auto got = run_all(*e, reqs);
-  for (int i = 0; i < 6; i++) EXPECT_EQ(got[i].tokens, reference(*m, reqs[i].prompt, 80, m->config().eos_token_ids));
+  for (int i = 0; i < 6; i++)
+    EXPECT_EQ(got[i].tokens, reference(*m, reqs[i].prompt, 80, m->config().eos_token_ids));
   EXPECT_GT(e->stats().preemptions, 0) << "the budget was meant to force preemption";
   EXPECT_EQ(e->stats().full_pages_used, 0);
 }
@@ -271,7 +275,8 @@ TEST(EngineRegressions, InvalidPromptsAreRejected) {
   auto e = Engine::create(tiny_opts(3));
   EXPECT_THROW(e->submit(greedy_req("x", {}, 4), [](const RequestOutput&) {}), Error);
   EXPECT_THROW(e->submit(greedy_req("x", {2, 99999}, 4), [](const RequestOutput&) {}), Error);
-  EXPECT_THROW(e->submit(greedy_req("x", std::vector<int32_t>(100000, 5), 4), [](const RequestOutput&) {}), Error);
+  EXPECT_THROW(e->submit(greedy_req("x", std::vector<int32_t>(100000, 5), 4), [](const RequestOutput&) {}),
+               Error);
 }
 
 }  // namespace

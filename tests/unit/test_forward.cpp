@@ -77,7 +77,8 @@ TEST_P(ForwardSplit, BatchedSequencesMatchSeparateRuns) {
   be->copy_to_host(got.data(), o.logits);
   auto ra = run_chunks(*m, ta, 30), rb = run_chunks(*m, tb, 40);
   EXPECT_LT(test::max_row_err(got.data(), ra.data() + size_t(27) * V, size_t(3) * V, V), kTol);
-  EXPECT_LT(test::max_row_err(got.data() + size_t(3) * V, rb.data() + size_t(20) * V, size_t(20) * V, V), kTol);
+  EXPECT_LT(test::max_row_err(got.data() + size_t(3) * V, rb.data() + size_t(20) * V, size_t(20) * V, V),
+            kTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ForwardSplit, ::testing::Values("all_features", "moe", "plain"));

@@ -18,7 +18,8 @@ void expect_error(F f, std::initializer_list<std::string> parts) {
     ADD_FAILURE() << "expected an error mentioning " << *parts.begin();
   } catch (const Error& e) {
     std::string m = e.what();
-    for (const auto& p : parts) EXPECT_NE(m.find(p), std::string::npos) << "message: " << m << "\nmissing: " << p;
+    for (const auto& p : parts)
+      EXPECT_NE(m.find(p), std::string::npos) << "message: " << m << "\nmissing: " << p;
   }
 }
 
@@ -49,7 +50,8 @@ TEST(LoadingErrors, MissingTensor) {
     std::erase_if(t, [](auto& p) { return p.first == "model.layers.2.mlp.up_proj.weight"; });
   });
   auto be = make_cpu_backend();
-  expect_error([&] { Gemma4Model::load(dir, *be); }, {"missing tensor", "model.layers.2.mlp.up_proj.weight", "[48, 32]"});
+  expect_error([&] { Gemma4Model::load(dir, *be); },
+               {"missing tensor", "model.layers.2.mlp.up_proj.weight", "[48, 32]"});
 }
 
 TEST(LoadingErrors, WrongShape) {

@@ -35,10 +35,12 @@ double chi2_crit(int df) {
   return df * std::pow(1 - k + z * std::sqrt(k), 3);
 }
 
-using Accept = std::function<ChainAccept(const float*, const int32_t*, int, const SamplingParams&, PenaltyState&, Rng&)>;
+using Accept =
+    std::function<ChainAccept(const float*, const int32_t*, int, const SamplingParams&, PenaltyState&, Rng&)>;
 
 // The first two tokens emitted after bonus token 0, by speculative rounds of k drafts.
-std::pair<int, int> two_tokens(const Toy& toy, int k, const SamplingParams& sp, Rng& rng, const Accept& accept) {
+std::pair<int, int> two_tokens(const Toy& toy, int k, const SamplingParams& sp, Rng& rng,
+                               const Accept& accept) {
   std::vector<int> out;
   int bonus = 0;
   PenaltyState pen;
@@ -90,9 +92,8 @@ double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, i
 }
 
 Accept real() {
-  return [](const float* rows, const int32_t* d, int k, const SamplingParams& sp, PenaltyState& pen, Rng& rng) {
-    return accept_chain(rows, V, d, k, sp, pen, rng);
-  };
+  return [](const float* rows, const int32_t* d, int k, const SamplingParams& sp, PenaltyState& pen,
+            Rng& rng) { return accept_chain(rows, V, d, k, sp, pen, rng); };
 }
 
 TEST(SpeculativeSampling, MatchesTargetDistribution) {

@@ -21,8 +21,8 @@ inline nlohmann::json small_text_config() {
           {"intermediate_size", 48},
           {"num_hidden_layers", 6},
           {"layer_types",
-           {"sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention",
-            "full_attention"}},
+           {"sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+            "sliding_attention", "full_attention"}},
           {"num_attention_heads", 4},
           {"num_key_value_heads", 2},
           {"head_dim", 8},
@@ -37,7 +37,8 @@ inline nlohmann::json small_text_config() {
           {"final_logit_softcapping", 30.0},
           {"rope_parameters",
            {{"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 10000.0}}},
-            {"full_attention", {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.25}, {"rope_theta", 1e6}}}}}};
+            {"full_attention",
+             {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.25}, {"rope_theta", 1e6}}}}}};
 }
 
 inline std::unique_ptr<Gemma4Model> make_dummy_model(const nlohmann::json& cfg_json, Backend& be,
@@ -58,7 +59,8 @@ inline std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 }
 
 inline std::string temp_dir(const std::string& name) {
-  auto p = std::filesystem::temp_directory_path() / ("mtpserve_test_" + name + "_" + std::to_string(::getpid()));
+  auto p =
+      std::filesystem::temp_directory_path() / ("mtpserve_test_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
@@ -72,7 +74,8 @@ inline void write_file(const std::string& path, const std::string& text) {
 // Max over elements of |a - b| / max(1, |b|).
 inline double max_rel_err(const float* a, const float* b, size_t n) {
   double m = 0;
-  for (size_t i = 0; i < n; i++) m = std::max(m, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(b[i]))));
+  for (size_t i = 0; i < n; i++)
+    m = std::max(m, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(b[i]))));
   return m;
 }
 

@@ -17,10 +17,14 @@ namespace {
 // Read element i of a float tensor of any float dtype as fp32.
 inline float load(const Tensor& t, int64_t i) {
   switch (t.dtype) {
-    case DType::F32: return t.ptr<const float>()[i];
-    case DType::BF16: return bf16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::F16: return f16_to_f32(t.ptr<const uint16_t>()[i]);
-    default: fail("cpu backend: tensor of dtype {} is not a float tensor", dtype_name(t.dtype));
+    case DType::F32:
+      return t.ptr<const float>()[i];
+    case DType::BF16:
+      return bf16_to_f32(t.ptr<const uint16_t>()[i]);
+    case DType::F16:
+      return f16_to_f32(t.ptr<const uint16_t>()[i]);
+    default:
+      fail("cpu backend: tensor of dtype {} is not a float tensor", dtype_name(t.dtype));
   }
 }
 
@@ -111,7 +115,8 @@ class CpuBackend final : public Backend {
 
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     MTP_ASSERT(a.numel() == b.numel() && out.numel() == a.numel());
-    for (int64_t i = 0; i < a.numel(); i++) out.ptr<float>()[i] = a.ptr<const float>()[i] + b.ptr<const float>()[i];
+    for (int64_t i = 0; i < a.numel(); i++)
+      out.ptr<float>()[i] = a.ptr<const float>()[i] + b.ptr<const float>()[i];
   }
   void scale(Tensor out, const Tensor& x, float s) override {
     MTP_ASSERT(out.numel() == x.numel());
@@ -177,8 +182,8 @@ class CpuBackend final : public Backend {
       int64_t nt = std::min(tile, N - n0);
       buf.resize(size_t(nt * K));
       load_rows(buf.data(), w, n0, nt);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(nt), int(K), 1.0f, x.ptr<const float>(),
-                  int(K), buf.data(), int(K), 0.0f, out.ptr<float>() + n0, int(N));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(nt), int(K), 1.0f,
+                  x.ptr<const float>(), int(K), buf.data(), int(K), 0.0f, out.ptr<float>() + n0, int(N));
     }
   }
 
@@ -253,8 +258,9 @@ class CpuBackend final : public Backend {
             kp = j;
           } else {
             int32_t bj = j - prefix;
-            bool vis = m.tree_mask.defined() ? m.tree_mask.ptr<const uint8_t>()[int64_t(r) * m.max_q + bj] != 0
-                                             : bj <= i;
+            bool vis = m.tree_mask.defined()
+                           ? m.tree_mask.ptr<const uint8_t>()[int64_t(r) * m.max_q + bj] != 0
+                           : bj <= i;
             if (!vis) continue;
             kp = pos[cu[s] + bj];
           }
@@ -361,7 +367,8 @@ class CpuBackend final : public Backend {
                            const Tensor& ordering, const Tensor& embed, int top_k) override {
     const int64_t B = y.dim(0), Ha = y.dim(1), C = cscores.dim(1), V = embed.dim(0), per = V / C;
     MTP_ASSERT(V % C == 0 && top_k > 0 && top_k <= C && cand_ids.numel() == B * top_k * per &&
-               cand_scores.numel() == B * top_k * per && ordering.numel() == V && ordering.dtype == DType::I64);
+               cand_scores.numel() == B * top_k * per && ordering.numel() == V &&
+               ordering.dtype == DType::I64);
     std::vector<int> idx(C);
     std::vector<float> row(Ha);
     for (int64_t b = 0; b < B; b++) {

@@ -1,15 +1,16 @@
 // Paged attention and the KV-cache write (backend.h AttnMeta semantics).
 //
-// attention: one CTA per (query row, KV head, block of up to GB query heads of that KV head, KV split). The four
-// warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads, coalesced
-// 128-byte rows per warp), q for the GB heads stays in registers, scores are warp all-reductions, and each warp
-// keeps its own online-softmax state (m, l, acc) in fp32. The warps merge through shared memory; with one split
-// the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that a merge kernel combines in split order.
-// Split boundaries are absolute slot indices (multiples of `chunk`), chunk chosen from the shape only.
-// Visible keys of row i of sequence s: prefix slots j in [lo, min(prefix, q_pos + 1)) with lo = q_pos - window + 1
-// when windowed (contiguous: prefix slot j has position j), plus, with block_keys, block key b (slot prefix + b)
-// when (tree mask ? tree[r, b] : b <= i) and its position is <= q_pos and inside the window. Pages of slots
-// outside the visible set (freed sliding pages, -1) are never read.
+// attention: one CTA per (query row, KV head, block of up to GB query heads of that KV head, KV split). The
+// four warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads,
+// coalesced 128-byte rows per warp), q for the GB heads stays in registers, scores are warp all-reductions,
+// and each warp keeps its own online-softmax state (m, l, acc) in fp32. The warps merge through shared
+// memory; with one split the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that a merge kernel
+// combines in split order. Split boundaries are absolute slot indices (multiples of `chunk`), chunk chosen
+// from the shape only. Visible keys of row i of sequence s: prefix slots j in [lo, min(prefix, q_pos + 1))
+// with lo = q_pos - window + 1 when windowed (contiguous: prefix slot j has position j), plus, with
+// block_keys, block key b (slot prefix + b) when (tree mask ? tree[r, b] : b <= i) and its position is <=
+// q_pos and inside the window. Pages of slots outside the visible set (freed sliding pages, -1) are never
+// read.
 #include <algorithm>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -41,8 +42,10 @@ __device__ __forceinline__ int find_seq(const int32_t* cu, int S, int r) {
   int lo = 0, hi = S - 1;  // largest s with cu[s] <= r
   while (lo < hi) {
     int mid = (lo + hi + 1) >> 1;
-    if (cu[mid] <= r) lo = mid;
-    else hi = mid - 1;
+    if (cu[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -161,7 +164,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
       float mx = m[g];
 #pragma unroll
       for (int j = 0; j < KB; j++) mx = fmaxf(mx, sc[j][g]);
-      if (mx == -INFINITY) continue;  // nothing visible yet
+      if (mx == -INFINITY) continue;         // nothing visible yet
       const float corr = __expf(m[g] - mx);  // m == -inf -> 0
       m[g] = mx;
       l[g] *= corr;
@@ -234,8 +237,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   }
 }
 
-__global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos, int nh,
-                                  int D, int nsplit, DevErr* err) {
+__global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos,
+                                  int nh, int D, int nsplit, DevErr* err) {
   const int64_t rh = blockIdx.x;  // r * nh + h
   const float* ml = ws_ml + rh * nsplit * 2;
   float M = -INFINITY;
@@ -250,12 +253,13 @@ __global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* w
       if (ml[2 * c + 1] > 0.f) A += ws_acc[(rh * nsplit + c) * D + d] * __expf(ml[2 * c] - M);
     out[rh * D + d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
   }
-  if (L <= 0.f && threadIdx.x == 0 && rh % nh == 0) report_error(err, kErrNoKey, int(rh / nh), pos[rh / nh], 0);
+  if (L <= 0.f && threadIdx.x == 0 && rh % nh == 0)
+    report_error(err, kErrNoKey, int(rh / nh), pos[rh / nh], 0);
 }
 
 __global__ void kv_write_kernel(bf16* kc, bf16* vc, const bf16* k, const bf16* v, const int32_t* cu_q,
-                                const int32_t* prefix, const int32_t* pages, int64_t page_stride, int page_size,
-                                int64_t num_slots, int S, int64_t row, DevErr* err) {
+                                const int32_t* prefix, const int32_t* pages, int64_t page_stride,
+                                int page_size, int64_t num_slots, int S, int64_t row, DevErr* err) {
   const int r = blockIdx.x;
   const int s = find_seq(cu_q, S, r);
   const int slot = prefix[s] + (r - cu_q[s]);
@@ -283,14 +287,21 @@ void launch_attn(const AttnParams& p, dim3 grid, cudaStream_t st) {
 template <int NI>
 void launch_attn_ni(const AttnParams& p, int gb, dim3 grid, cudaStream_t st) {
   if constexpr (NI == 8) {
-    if (gb == 1) launch_attn<NI, 1>(p, grid, st);
-    else if (gb == 2) launch_attn<NI, 2>(p, grid, st);
-    else launch_attn<NI, 4>(p, grid, st);
+    if (gb == 1)
+      launch_attn<NI, 1>(p, grid, st);
+    else if (gb == 2)
+      launch_attn<NI, 2>(p, grid, st);
+    else
+      launch_attn<NI, 4>(p, grid, st);
   } else {
-    if (gb == 1) launch_attn<NI, 1>(p, grid, st);
-    else if (gb == 2) launch_attn<NI, 2>(p, grid, st);
-    else if (gb == 4) launch_attn<NI, 4>(p, grid, st);
-    else launch_attn<NI, 8>(p, grid, st);
+    if (gb == 1)
+      launch_attn<NI, 1>(p, grid, st);
+    else if (gb == 2)
+      launch_attn<NI, 2>(p, grid, st);
+    else if (gb == 4)
+      launch_attn<NI, 4>(p, grid, st);
+    else
+      launch_attn<NI, 8>(p, grid, st);
   }
 }
 
@@ -300,8 +311,8 @@ void check_meta(const AttnMeta& m, const KvPageTable& pt, int64_t T, const char*
   need(m.prefix_len, DType::I32, op, "prefix_len");
   need(m.positions, DType::I32, op, "positions");
   need(pt.pages, DType::I32, op, "page table");
-  MTP_CHECK(m.cu_q.numel() == m.num_seqs + 1 && m.prefix_len.numel() == m.num_seqs && m.positions.numel() == T &&
-                pt.pages.dim(0) == m.num_seqs && pt.page_size > 0,
+  MTP_CHECK(m.cu_q.numel() == m.num_seqs + 1 && m.prefix_len.numel() == m.num_seqs &&
+                m.positions.numel() == T && pt.pages.dim(0) == m.num_seqs && pt.page_size > 0,
             "cuda {}: metadata shapes do not match {} sequences and {} rows", op, m.num_seqs, T);
 }
 
@@ -320,10 +331,10 @@ void kv_write(Ctx& c, Tensor k_cache, Tensor v_cache, const Tensor& k, const Ten
             v_cache.shape_str());
   check_meta(m, pt, T, "kv_write");
   if (T == 0) return;
-  kv_write_kernel<<<unsigned(T), 256, 0, c.stream>>>(mbf(k_cache), mbf(v_cache), cbf(k), cbf(v),
-                                                     m.cu_q.ptr<const int32_t>(), m.prefix_len.ptr<const int32_t>(),
-                                                     pt.pages.ptr<const int32_t>(), pt.pages.dim(1), pt.page_size,
-                                                     k_cache.dim(0), m.num_seqs, row, c.err);
+  kv_write_kernel<<<unsigned(T), 256, 0, c.stream>>>(
+      mbf(k_cache), mbf(v_cache), cbf(k), cbf(v), m.cu_q.ptr<const int32_t>(),
+      m.prefix_len.ptr<const int32_t>(), pt.pages.ptr<const int32_t>(), pt.pages.dim(1), pt.page_size,
+      k_cache.dim(0), m.num_seqs, row, c.err);
   check_launch("kv_write");
 }
 
@@ -357,7 +368,8 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   const int64_t max_slots = std::max<int64_t>(1, pt.pages.dim(1) * pt.page_size);
   const int64_t ctas = T * kvh * hblocks;
   int64_t chunk = 256;
-  while (chunk < max_slots && ctas * ((max_slots + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
+  while (chunk < max_slots &&
+         ctas * ((max_slots + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
     chunk *= 2;
   const int nsplit = int((max_slots + chunk - 1) / chunk);
   MTP_CHECK(T < (1LL << 31) && nsplit < 65536 && kvh * hblocks < 65536, "cuda attention: grid too large");
@@ -396,15 +408,23 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   }
   dim3 grid(unsigned(T), unsigned(kvh * hblocks), unsigned(nsplit));
   switch (NI) {
-    case 1: launch_attn_ni<1>(p, gb, grid, c.stream); break;
-    case 2: launch_attn_ni<2>(p, gb, grid, c.stream); break;
-    case 4: launch_attn_ni<4>(p, gb, grid, c.stream); break;
-    default: launch_attn_ni<8>(p, gb, grid, c.stream); break;
+    case 1:
+      launch_attn_ni<1>(p, gb, grid, c.stream);
+      break;
+    case 2:
+      launch_attn_ni<2>(p, gb, grid, c.stream);
+      break;
+    case 4:
+      launch_attn_ni<4>(p, gb, grid, c.stream);
+      break;
+    default:
+      launch_attn_ni<8>(p, gb, grid, c.stream);
+      break;
   }
   check_launch("attention");
   if (nsplit > 1) {
-    attn_merge_kernel<<<unsigned(T * nh), 128, 0, c.stream>>>(mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D),
-                                                             nsplit, c.err);
+    attn_merge_kernel<<<unsigned(T * nh), 128, 0, c.stream>>>(mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh),
+                                                              int(D), nsplit, c.err);
     check_launch("attention (merge)");
   }
 }

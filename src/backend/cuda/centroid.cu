@@ -9,9 +9,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void centroid_kernel(int32_t* cand_ids, float* cand_scores, const __nv_bfloat16* y, const float* cscores,
-                                const int64_t* ordering, const __nv_bfloat16* embed, int C, int Ha, int per,
-                                int top_k) {
+__global__ void centroid_kernel(int32_t* cand_ids, float* cand_scores, const __nv_bfloat16* y,
+                                const float* cscores, const int64_t* ordering, const __nv_bfloat16* embed,
+                                int C, int Ha, int per, int top_k) {
   extern __shared__ float smem[];  // [C] scores (consumed clusters set to -inf), then [Ha] y as fp32
   float* sc = smem;
   float* yv = smem + C;
@@ -74,14 +74,15 @@ void centroid_candidates(Ctx& c, Tensor cand_ids, Tensor cand_scores, const Tens
   const int64_t B = y.dim(0), Ha = y.dim(1), C = cscores.dim(1), V = embed.dim(0), per = V / C;
   MTP_CHECK(V % C == 0 && top_k > 0 && top_k <= C && cand_ids.numel() == B * top_k * per &&
                 cand_scores.numel() == B * top_k * per && ordering.numel() == V && embed.dim(1) == Ha,
-            "cuda centroid_candidates: bad shapes y {} scores {} embed {} cand {}", y.shape_str(), cscores.shape_str(),
-            embed.shape_str(), cand_ids.shape_str());
+            "cuda centroid_candidates: bad shapes y {} scores {} embed {} cand {}", y.shape_str(),
+            cscores.shape_str(), embed.shape_str(), cand_ids.shape_str());
   if (B == 0) return;
   size_t shm = size_t(C + Ha) * sizeof(float);
-  MTP_CHECK(shm <= 48 * 1024, "cuda centroid_candidates: {} centroids + hidden {} exceed shared memory", C, Ha);
-  centroid_kernel<<<unsigned(B), kThreads, shm, c.stream>>>(cand_ids.ptr<int32_t>(), cand_scores.ptr<float>(), cbf(y),
-                                                            cscores.ptr<const float>(), ordering.ptr<const int64_t>(),
-                                                            cbf(embed), int(C), int(Ha), int(per), top_k);
+  MTP_CHECK(shm <= 48 * 1024, "cuda centroid_candidates: {} centroids + hidden {} exceed shared memory", C,
+            Ha);
+  centroid_kernel<<<unsigned(B), kThreads, shm, c.stream>>>(
+      cand_ids.ptr<int32_t>(), cand_scores.ptr<float>(), cbf(y), cscores.ptr<const float>(),
+      ordering.ptr<const int64_t>(), cbf(embed), int(C), int(Ha), int(per), top_k);
   check_launch("centroid_candidates");
 }
 

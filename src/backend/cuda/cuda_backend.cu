@@ -1,12 +1,12 @@
 // The CUDA backend: memory (caching allocator, uploads, copies), the device error word, and the dispatch of
 // every op of the contract to its family's launcher (norm.cu, linear.cu, rope.cu, attention.cu, moe.cu,
 // sampling.cu). All work runs in order on one stream owned by the backend.
-#include "backend/cuda/cuda_common.cuh"
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+#include "backend/cuda/cuda_common.cuh"
 
 #include "backend/cuda/cuda_backend.h"
 
@@ -36,7 +36,7 @@ struct Pool {
     n = std::max<size_t>(n, 1);
     if (n <= 4096) return (n + 511) / 512 * 512;
     size_t p = size_t(1) << (63 - __builtin_clzll(n));  // highest power of two <= n
-    size_t step = std::max<size_t>(4096, p / 8);          // <= 12.5% waste
+    size_t step = std::max<size_t>(4096, p / 8);        // <= 12.5% waste
     return (n + step - 1) / step * step;
   }
   void empty_cache_locked() {
@@ -64,8 +64,8 @@ struct Pool {
     }
     if (e != cudaSuccess) {
       cudaGetLastError();
-      fail("cuda alloc: out of device memory allocating {} bytes ({} bytes held by the allocator): {}", b, held,
-           cudaGetErrorString(e));
+      fail("cuda alloc: out of device memory allocating {} bytes ({} bytes held by the allocator): {}", b,
+           held, cudaGetErrorString(e));
     }
     held += b;
     return p;
@@ -82,10 +82,14 @@ struct Pool {
 
 float host_load(const Tensor& t, int64_t i) {
   switch (t.dtype) {
-    case DType::F32: return t.ptr<const float>()[i];
-    case DType::BF16: return bf16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::F16: return f16_to_f32(t.ptr<const uint16_t>()[i]);
-    default: fail("cuda upload_weight: dtype {} is not a float type", dtype_name(t.dtype));
+    case DType::F32:
+      return t.ptr<const float>()[i];
+    case DType::BF16:
+      return bf16_to_f32(t.ptr<const uint16_t>()[i]);
+    case DType::F16:
+      return f16_to_f32(t.ptr<const uint16_t>()[i]);
+    default:
+      fail("cuda upload_weight: dtype {} is not a float type", dtype_name(t.dtype));
   }
 }
 
@@ -96,7 +100,8 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device), pool_(std::make_shared<Pool>()) {
     int n = 0;
     CUDA_OK(cudaGetDeviceCount(&n), "init");
-    MTP_CHECK(device >= 0 && device < n, "cuda backend: device {} does not exist ({} CUDA devices)", device, n);
+    MTP_CHECK(device >= 0 && device < n, "cuda backend: device {} does not exist ({} CUDA devices)", device,
+              n);
     CUDA_OK(cudaSetDevice(device), "init");
     cudaDeviceProp prop{};
     CUDA_OK(cudaGetDeviceProperties(&prop, device), "init");
@@ -169,13 +174,15 @@ class CudaBackend final : public Backend {
   void copy_from_host(Tensor dst, const void* src) override {
     need_cuda(dst, "copy_from_host", "dst");
     if (dst.nbytes() == 0) return;
-    CUDA_OK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream), "copy_from_host");
+    CUDA_OK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream),
+            "copy_from_host");
     CUDA_OK(cudaStreamSynchronize(ctx_.stream), "copy_from_host");  // the caller may free src on return
   }
   void copy_to_host(void* dst, const Tensor& src) override {
     need_cuda(src, "copy_to_host", "src");
     if (src.nbytes() > 0)
-      CUDA_OK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, ctx_.stream), "copy_to_host");
+      CUDA_OK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, ctx_.stream),
+              "copy_to_host");
     sync_and_check("copy_to_host");
   }
   void copy(Tensor dst, const Tensor& src) override {
@@ -200,7 +207,9 @@ class CudaBackend final : public Backend {
   void add(Tensor out, const Tensor& a, const Tensor& b) override { cuda::add(ctx_, out, a, b); }
   void scale(Tensor out, const Tensor& x, float s) override { cuda::scale(ctx_, out, x, s); }
   void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) override { cuda::mul_bcast(ctx_, out, x, w); }
-  void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) override { cuda::gelu_mul(ctx_, out, gate, up); }
+  void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) override {
+    cuda::gelu_mul(ctx_, out, gate, up);
+  }
   void gelu_mul_fused(Tensor out, const Tensor& gu) override { cuda::gelu_mul_fused(ctx_, out, gu); }
   void transpose01(Tensor out, const Tensor& x) override { cuda::transpose01(ctx_, out, x); }
   void gather_rows(Tensor out, const Tensor& x, const Tensor& rows) override {
@@ -223,14 +232,15 @@ class CudaBackend final : public Backend {
                  int top_k) override {
     cuda::moe_route(ctx_, weights, experts, logits, per_expert_scale, top_k);
   }
-  void moe_experts(Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts, const Tensor& gate_up,
-                   const Tensor& down) override {
+  void moe_experts(Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
+                   const Tensor& gate_up, const Tensor& down) override {
     cuda::moe_experts(*this, ctx_, out, x, weights, experts, gate_up, down);
   }
   void argmax(Tensor out, const Tensor& x) override { cuda::argmax(ctx_, out, x); }
   void to_f32(Tensor out, const Tensor& x) override { cuda::to_f32(ctx_, out, x); }
-  void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& centroid_scores,
-                           const Tensor& token_ordering, const Tensor& embed, int top_k) override {
+  void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
+                           const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
+                           int top_k) override {
     cuda::centroid_candidates(ctx_, cand_ids, cand_scores, y, centroid_scores, token_ordering, embed, top_k);
   }
 
@@ -244,13 +254,18 @@ class CudaBackend final : public Backend {
     CUDA_OK(cudaStreamSynchronize(ctx_.stream), op);
     err_host_->code = 0;
     switch (e.code) {
-      case kErrTokenId: fail("embed: token id {} is outside the vocabulary [0, {})", e.a, e.b);
+      case kErrTokenId:
+        fail("embed: token id {} is outside the vocabulary [0, {})", e.a, e.b);
       case kErrFreedPage:
         fail("kv cache: slot {} of sequence {} lies in a page that was already freed", e.a, e.b);
-      case kErrNoKey: fail("attention: query row {} (position {}) sees no key", e.a, e.b);
-      case kErrRowIndex: fail("gather_rows: row index {} is outside [0, {})", e.a, e.b);
-      case kErrSlot: fail("kv_write: physical slot {} is outside the cache ({} slots)", e.a, e.b);
-      default: fail("cuda backend: device error code {} ({}, {}, {})", e.code, e.a, e.b, e.c);
+      case kErrNoKey:
+        fail("attention: query row {} (position {}) sees no key", e.a, e.b);
+      case kErrRowIndex:
+        fail("gather_rows: row index {} is outside [0, {})", e.a, e.b);
+      case kErrSlot:
+        fail("kv_write: physical slot {} is outside the cache ({} slots)", e.a, e.b);
+      default:
+        fail("cuda backend: device error code {} ({}, {}, {})", e.code, e.a, e.b, e.c);
     }
   }
 

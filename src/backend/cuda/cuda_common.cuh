@@ -5,8 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <type_traits>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 #include <cstdint>
 
@@ -14,17 +14,17 @@
 
 namespace mtpserve::cuda {
 
-#define CUDA_OK(expr, op)                                                                              \
-  do {                                                                                                 \
-    cudaError_t e_ = (expr);                                                                           \
+#define CUDA_OK(expr, op)                                                                                 \
+  do {                                                                                                    \
+    cudaError_t e_ = (expr);                                                                              \
     if (e_ != cudaSuccess) ::mtpserve::fail("cuda {}: {} failed: {}", op, #expr, cudaGetErrorString(e_)); \
   } while (0)
 
-#define CUBLAS_OK(expr, op)                                                                  \
-  do {                                                                                       \
-    cublasStatus_t s_ = (expr);                                                              \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                         \
-      ::mtpserve::fail("cuda {}: {} failed: {}", op, #expr, cublasGetStatusString(s_));      \
+#define CUBLAS_OK(expr, op)                                                             \
+  do {                                                                                  \
+    cublasStatus_t s_ = (expr);                                                         \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                    \
+      ::mtpserve::fail("cuda {}: {} failed: {}", op, #expr, cublasGetStatusString(s_)); \
   } while (0)
 
 // Check the last launch error (after every kernel launch).
@@ -35,7 +35,14 @@ inline void check_launch(const char* op) {
 
 // Device-side error word for data-dependent failures (bad token id, freed page, row without keys): a kernel
 // records the first one with atomicCAS, the host reads it at the next synchronising call and throws.
-enum ErrCode : int { kErrNone = 0, kErrTokenId = 1, kErrFreedPage = 2, kErrNoKey = 3, kErrRowIndex = 4, kErrSlot = 5 };
+enum ErrCode : int {
+  kErrNone = 0,
+  kErrTokenId = 1,
+  kErrFreedPage = 2,
+  kErrNoKey = 3,
+  kErrRowIndex = 4,
+  kErrSlot = 5
+};
 struct DevErr {
   int code, a, b, c;
 };
@@ -54,7 +61,7 @@ struct Ctx {
   size_t cublas_ws_bytes = 0;
   DevErr* err = nullptr;  // device
   int num_sms = 132;
-  int gemv_max_m = 1;  // MTP_GEMV_MAX_M overrides
+  int gemv_max_m = 1;   // MTP_GEMV_MAX_M overrides
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
 };
 
@@ -93,8 +100,8 @@ void softcap(Ctx&, Tensor x, float cap);
 void fill_random(Ctx&, Tensor t, uint64_t seed, float mean, float std, bool normal);
 // linear.cu
 void linear(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
-void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M, const __nv_bfloat16* w,
-               int64_t N, int64_t K);
+void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M,
+               const __nv_bfloat16* w, int64_t N, int64_t K);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
 // attention.cu
@@ -103,13 +110,15 @@ void kv_write(Ctx&, Tensor k_cache, Tensor v_cache, const Tensor& k, const Tenso
 void attention(Backend&, Ctx&, Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                const AttnMeta& m, const KvPageTable& pt, int window);
 // moe.cu
-void moe_route(Ctx&, Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale, int top_k);
+void moe_route(Ctx&, Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale,
+               int top_k);
 void moe_experts(Backend&, Ctx&, Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
                  const Tensor& gate_up, const Tensor& down);
 // sampling.cu
 void argmax(Ctx&, Tensor out, const Tensor& x);
 void to_f32(Ctx&, Tensor out, const Tensor& x);
-void centroid_candidates(Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& centroid_scores,
-                         const Tensor& token_ordering, const Tensor& embed, int top_k);
+void centroid_candidates(Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y,
+                         const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
+                         int top_k);
 
 }  // namespace mtpserve::cuda

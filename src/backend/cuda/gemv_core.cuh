@@ -1,6 +1,7 @@
-// The warp-level GEMV core shared by linear.cu and moe.cu: a warp computes RW weight rows against MT token rows,
-// lanes striding K with 16-byte streaming loads (L1 no-allocate), U * RW weight loads in flight per lane before
-// the FMAs, fp32 accumulation, and an xor-shuffle reduction so every lane ends with the full sums.
+// The warp-level GEMV core shared by linear.cu and moe.cu: a warp computes RW weight rows against MT token
+// rows, lanes striding K with 16-byte streaming loads (L1 no-allocate), U * RW weight loads in flight per
+// lane before the FMAs, fp32 accumulation, and an xor-shuffle reduction so every lane ends with the full
+// sums.
 #pragma once
 #include "backend/cuda/cuda_common.cuh"
 
@@ -29,8 +30,8 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
 
 // acc[m][r] = sum_k w_r[k] * x_m[k] over K8 groups of 8 (rows 16-byte aligned). All lanes get the sums.
 template <int MT, int RW>
-__device__ __forceinline__ void warp_gemv(const uint4* const (&wr)[RW], const uint4* const (&xr)[MT], int64_t K8,
-                                          int lane, float (&acc)[MT][RW]) {
+__device__ __forceinline__ void warp_gemv(const uint4* const (&wr)[RW], const uint4* const (&xr)[MT],
+                                          int64_t K8, int lane, float (&acc)[MT][RW]) {
   constexpr int U = RW == 1 ? 4 : 2;
 #pragma unroll
   for (int m = 0; m < MT; m++)

@@ -11,8 +11,9 @@ using bf16 = __nv_bfloat16;
 
 // Block = 4 warps; warp owns RW consecutive weight rows; blockIdx.y selects a chunk of MT token rows.
 template <int MT, int RW>
-__global__ void __launch_bounds__(128) gemv_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x,
-                                                   int64_t M, const bf16* __restrict__ w, int64_t N, int64_t K) {
+__global__ void __launch_bounds__(128)
+    gemv_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t M,
+                const bf16* __restrict__ w, int64_t N, int64_t K) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n0 = (int64_t(blockIdx.x) * 4 + warp) * RW;
   if (n0 >= N) return;
@@ -35,7 +36,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(bf16* __restrict__ out, int64
 }
 
 template <int MT>
-void launch_gemv_mt(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N, int64_t K) {
+void launch_gemv_mt(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N,
+                    int64_t K) {
   const unsigned gy = unsigned((M + MT - 1) / MT);
   if (N / 8 >= 2 * int64_t(c.num_sms)) {
     gemv_kernel<MT, 2><<<dim3(unsigned((N + 7) / 8), gy), 128, 0, c.stream>>>(out, ldo, x, M, w, N, K);
@@ -45,23 +47,41 @@ void launch_gemv_mt(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, co
 }
 
 bool gemv_ok(const void* x, const void* w, int64_t K) {
-  return K % 8 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0 && (reinterpret_cast<uintptr_t>(w) % 16) == 0;
+  return K % 8 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0 &&
+         (reinterpret_cast<uintptr_t>(w) % 16) == 0;
 }
 
 }  // namespace
 
-void gemv_bf16(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N, int64_t K) {
+void gemv_bf16(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N,
+               int64_t K) {
   MTP_ASSERT(gemv_ok(x, w, K));
   // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
   switch (M < 8 ? M : 8) {
-    case 1: launch_gemv_mt<1>(c, out, ldo, x, M, w, N, K); break;
-    case 2: launch_gemv_mt<2>(c, out, ldo, x, M, w, N, K); break;
-    case 3: launch_gemv_mt<3>(c, out, ldo, x, M, w, N, K); break;
-    case 4: launch_gemv_mt<4>(c, out, ldo, x, M, w, N, K); break;
-    case 5: launch_gemv_mt<5>(c, out, ldo, x, M, w, N, K); break;
-    case 6: launch_gemv_mt<6>(c, out, ldo, x, M, w, N, K); break;
-    case 7: launch_gemv_mt<7>(c, out, ldo, x, M, w, N, K); break;
-    default: launch_gemv_mt<8>(c, out, ldo, x, M, w, N, K); break;
+    case 1:
+      launch_gemv_mt<1>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 2:
+      launch_gemv_mt<2>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 3:
+      launch_gemv_mt<3>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 4:
+      launch_gemv_mt<4>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 5:
+      launch_gemv_mt<5>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 6:
+      launch_gemv_mt<6>(c, out, ldo, x, M, w, N, K);
+      break;
+    case 7:
+      launch_gemv_mt<7>(c, out, ldo, x, M, w, N, K);
+      break;
+    default:
+      launch_gemv_mt<8>(c, out, ldo, x, M, w, N, K);
+      break;
   }
   check_launch("linear (gemv)");
 }
@@ -72,24 +92,27 @@ void linear(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
   need(w, DType::BF16, "linear", "w");
   const int64_t K = w.dim(-1), N = w.numel() / K, M = x.numel() / K;
   MTP_CHECK(K > 0 && x.numel() == M * K && out.numel() == M * N,
-            "cuda linear: x {} / w {} / out {} shapes do not agree", x.shape_str(), w.shape_str(), out.shape_str());
+            "cuda linear: x {} / w {} / out {} shapes do not agree", x.shape_str(), w.shape_str(),
+            out.shape_str());
   if (M == 0 || N == 0) return;
-  // Measured on the H100 (bench_cuda_linear, docs/PERFORMANCE.md): the GEMV beats cuBLAS at M = 1 on most decode
-  // shapes, up to M = 8 on small matrices (<= 16 MB: cuBLAS under-fills the GPU there) and up to M = 4 on the
-  // vocab head (103% of the copy bandwidth against 95%); cuBLAS wins on large matrices from M = 2-8.
+  // Measured on the H100 (bench_cuda_linear, docs/PERFORMANCE.md): the GEMV beats cuBLAS at M = 1 on most
+  // decode shapes, up to M = 8 on small matrices (<= 16 MB: cuBLAS under-fills the GPU there) and up to M = 4
+  // on the vocab head (103% of the copy bandwidth against 95%); cuBLAS wins on large matrices from M = 2-8.
   const bool small_matrix = N * K * 2 <= (int64_t(16) << 20);
-  bool use_gemv = c.linear_path == 1 ||
-                  (c.linear_path == 0 && (M <= c.gemv_max_m || (M <= 8 && small_matrix) || (M <= 4 && N >= 65536)));
+  bool use_gemv =
+      c.linear_path == 1 ||
+      (c.linear_path == 0 && (M <= c.gemv_max_m || (M <= 8 && small_matrix) || (M <= 4 && N >= 65536)));
   if (use_gemv && gemv_ok(x.data, w.data, K)) {
     gemv_bf16(c, mbf(out), N, cbf(x), M, cbf(w), N, K);
     return;
   }
   // Row-major out[M,N] = x[M,K] w[N,K]^T  <=>  column-major out^T[N,M] = w^T(op T of the [K,N] view) x^T.
   const float alpha = 1.0f, beta = 0.0f;
-  MTP_CHECK(M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31), "cuda linear: dimensions too large for cuBLAS");
-  CUBLAS_OK(cublasGemmEx(c.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w.data, CUDA_R_16BF,
-                         int(K), x.data, CUDA_R_16BF, int(K), &beta, out.data, CUDA_R_16BF, int(N),
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  MTP_CHECK(M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31),
+            "cuda linear: dimensions too large for cuBLAS");
+  CUBLAS_OK(cublasGemmEx(c.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w.data,
+                         CUDA_R_16BF, int(K), x.data, CUDA_R_16BF, int(K), &beta, out.data, CUDA_R_16BF,
+                         int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "linear");
   check_launch("linear (cublas)");
 }

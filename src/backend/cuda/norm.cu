@@ -1,6 +1,6 @@
-// Row and elementwise ops: embed, rms_norm, add, scale, mul_bcast, gelu_mul(_fused), transpose01, gather_rows,
-// softcap, and the seeded random fill used for on-device dummy weights. fp32 math, one bf16 rounding per output
-// (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
+// Row and elementwise ops: embed, rms_norm, add, scale, mul_bcast, gelu_mul(_fused), transpose01,
+// gather_rows, softcap, and the seeded random fill used for on-device dummy weights. fp32 math, one bf16
+// rounding per output (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
 #include "backend/cuda/cuda_common.cuh"
 
 namespace mtpserve::cuda {
@@ -8,8 +8,8 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-__global__ void embed_kernel(bf16* out, const int32_t* ids, const bf16* table, int64_t V, int64_t H, float scale,
-                             DevErr* err) {
+__global__ void embed_kernel(bf16* out, const int32_t* ids, const bf16* table, int64_t V, int64_t H,
+                             float scale, DevErr* err) {
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   bf16* o = out + t * H;
@@ -54,29 +54,36 @@ __global__ void rms_norm_kernel(bf16* out, const bf16* x, const bf16* w, int64_t
 }
 
 __global__ void add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(bf(a[i]) + bf(b[i]));
 }
 __global__ void scale_kernel(bf16* out, const bf16* x, float s, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(bf(x[i]) * s);
 }
 template <typename W>
 __global__ void mul_bcast_kernel(bf16* out, const bf16* x, const W* w, int64_t n, int64_t D) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     float wv;
-    if constexpr (std::is_same_v<W, float>) wv = w[i % D];
-    else wv = bf(w[i % D]);
+    if constexpr (std::is_same_v<W, float>)
+      wv = w[i % D];
+    else
+      wv = bf(w[i % D]);
     out[i] = __float2bfloat16_rn(bf(x[i]) * wv);
   }
 }
 __global__ void gelu_mul_kernel(bf16* out, const bf16* g, const bf16* u, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(g[i]))) * bf(u[i]));
 }
 __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int64_t I) {
   const int64_t n = M * I;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     int64_t m = i / I, j = i % I;
     out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(gu[m * 2 * I + j]))) * bf(gu[m * 2 * I + I + j]));
   }
@@ -84,7 +91,8 @@ __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int6
 template <typename E>
 __global__ void transpose01_kernel(E* out, const E* x, int64_t A, int64_t B, int64_t C) {
   const int64_t n = A * B * C;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     int64_t c = i % C, ba = i / C, a = ba % A, b = ba / A;  // out index (b, a, c)
     out[i] = x[(a * B + b) * C + c];
   }
@@ -93,7 +101,8 @@ template <typename E>
 __global__ void gather_rows_kernel(E* out, const E* x, const int32_t* rows, int64_t R, int64_t T, int64_t C,
                                    DevErr* err) {
   const int64_t n = R * C;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     int64_t r = i / C, c = i % C;
     int32_t src = rows[r];
     if (src < 0 || src >= T) {
@@ -104,14 +113,16 @@ __global__ void gather_rows_kernel(E* out, const E* x, const int32_t* rows, int6
   }
 }
 __global__ void softcap_bf16_kernel(bf16* x, float cap, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     float v = round_bf(bf(x[i]) / cap);  // HF: (logits / cap), tanh, * cap, each rounded to bf16
     v = round_bf(tanhf(v));
     x[i] = __float2bfloat16_rn(v * cap);
   }
 }
 __global__ void softcap_f32_kernel(float* x, float cap, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     x[i] = cap * tanhf(x[i] / cap);
 }
 
@@ -123,13 +134,17 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
 }
 template <typename E>
 __global__ void fill_random_kernel(E* out, int64_t n, uint64_t seed, float mean, float std, bool normal) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     uint64_t h = mix64(seed ^ mix64(uint64_t(i)));
     float u1 = (float((h >> 40) & 0xffffff) + 0.5f) * (1.0f / 16777216.0f);
     float u2 = float((h >> 16) & 0xffffff) * (1.0f / 16777216.0f);
-    float v = normal ? mean + std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2) : mean + std * (2.0f * u1 - 1.0f);
-    if constexpr (std::is_same_v<E, float>) out[i] = v;
-    else out[i] = __float2bfloat16_rn(v);
+    float v =
+        normal ? mean + std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2) : mean + std * (2.0f * u1 - 1.0f);
+    if constexpr (std::is_same_v<E, float>)
+      out[i] = v;
+    else
+      out[i] = __float2bfloat16_rn(v);
   }
 }
 
@@ -144,8 +159,8 @@ void embed(Ctx& c, Tensor out, const Tensor& ids, const Tensor& table, float sca
   const int64_t T = ids.numel(), V = table.dim(0), H = table.numel() / V;
   MTP_CHECK(out.numel() == T * H, "cuda embed: out {} does not hold {} rows of {}", out.shape_str(), T, H);
   if (T == 0) return;
-  embed_kernel<<<unsigned(T), kThreads, 0, c.stream>>>(mbf(out), ids.ptr<const int32_t>(), cbf(table), V, H, scale,
-                                                       c.err);
+  embed_kernel<<<unsigned(T), kThreads, 0, c.stream>>>(mbf(out), ids.ptr<const int32_t>(), cbf(table), V, H,
+                                                       scale, c.err);
   check_launch("embed");
 }
 
@@ -200,7 +215,8 @@ void mul_bcast(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
             w.shape_str(), out.shape_str());
   if (!n) return;
   if (w.dtype == DType::F32)
-    mul_bcast_kernel<float><<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), w.ptr<const float>(), n, D);
+    mul_bcast_kernel<float>
+        <<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), w.ptr<const float>(), n, D);
   else if (w.dtype == DType::BF16)
     mul_bcast_kernel<bf16><<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), cbf(w), n, D);
   else
@@ -218,8 +234,8 @@ void gelu_mul_fused(Ctx& c, Tensor out, const Tensor& gu) {
   need(out, DType::BF16, "gelu_mul_fused", "out");
   need(gu, DType::BF16, "gelu_mul_fused", "gu");
   const int64_t M = gu.dim(0), I = gu.row_numel() / 2;
-  MTP_CHECK(gu.row_numel() % 2 == 0 && out.numel() == M * I, "cuda gelu_mul_fused: gu {} / out {}", gu.shape_str(),
-            out.shape_str());
+  MTP_CHECK(gu.row_numel() % 2 == 0 && out.numel() == M * I, "cuda gelu_mul_fused: gu {} / out {}",
+            gu.shape_str(), out.shape_str());
   if (!M || !I) return;
   gelu_mul_fused_kernel<<<grid_for(M * I, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(gu), M, I);
   check_launch("gelu_mul_fused");
@@ -227,17 +243,28 @@ void gelu_mul_fused(Ctx& c, Tensor out, const Tensor& gu) {
 void transpose01(Ctx& c, Tensor out, const Tensor& x) {
   need_cuda(out, "transpose01", "out");
   need_cuda(x, "transpose01", "x");
-  MTP_CHECK(out.dtype == x.dtype && out.numel() == x.numel() && x.ndim >= 2, "cuda transpose01: x {} / out {}",
-            x.shape_str(), out.shape_str());
+  MTP_CHECK(out.dtype == x.dtype && out.numel() == x.numel() && x.ndim >= 2,
+            "cuda transpose01: x {} / out {}", x.shape_str(), out.shape_str());
   const int64_t A = x.dim(0), B = x.dim(1), n = x.numel();
   if (!n) return;
   const int64_t C = n / (A * B);
   const unsigned g = grid_for(n, kThreads);
   switch (dtype_size(x.dtype)) {
-    case 1: transpose01_kernel<uint8_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), A, B, C); break;
-    case 2: transpose01_kernel<uint16_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), A, B, C); break;
-    case 4: transpose01_kernel<uint32_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), A, B, C); break;
-    default: transpose01_kernel<uint64_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), A, B, C);
+    case 1:
+      transpose01_kernel<uint8_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), A, B, C);
+      break;
+    case 2:
+      transpose01_kernel<uint16_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), A, B, C);
+      break;
+    case 4:
+      transpose01_kernel<uint32_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), A, B, C);
+      break;
+    default:
+      transpose01_kernel<uint64_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), A, B, C);
   }
   check_launch("transpose01");
 }
@@ -246,16 +273,27 @@ void gather_rows(Ctx& c, Tensor out, const Tensor& x, const Tensor& rows) {
   need_cuda(x, "gather_rows", "x");
   need(rows, DType::I32, "gather_rows", "rows");
   const int64_t C = x.row_numel(), R = rows.numel(), T = x.dim(0);
-  MTP_CHECK(out.dtype == x.dtype && out.numel() == R * C, "cuda gather_rows: x {} / rows {} / out {}", x.shape_str(),
-            rows.shape_str(), out.shape_str());
+  MTP_CHECK(out.dtype == x.dtype && out.numel() == R * C, "cuda gather_rows: x {} / rows {} / out {}",
+            x.shape_str(), rows.shape_str(), out.shape_str());
   if (!R || !C) return;
   const unsigned g = grid_for(R * C, kThreads);
   const int32_t* rp = rows.ptr<const int32_t>();
   switch (dtype_size(x.dtype)) {
-    case 1: gather_rows_kernel<uint8_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), rp, R, T, C, c.err); break;
-    case 2: gather_rows_kernel<uint16_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), rp, R, T, C, c.err); break;
-    case 4: gather_rows_kernel<uint32_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), rp, R, T, C, c.err); break;
-    default: gather_rows_kernel<uint64_t><<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), rp, R, T, C, c.err);
+    case 1:
+      gather_rows_kernel<uint8_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), rp, R, T, C, c.err);
+      break;
+    case 2:
+      gather_rows_kernel<uint16_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), rp, R, T, C, c.err);
+      break;
+    case 4:
+      gather_rows_kernel<uint32_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), rp, R, T, C, c.err);
+      break;
+    default:
+      gather_rows_kernel<uint64_t>
+          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), rp, R, T, C, c.err);
   }
   check_launch("gather_rows");
 }

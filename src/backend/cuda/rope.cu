@@ -9,7 +9,8 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-__global__ void rope_kernel(bf16* x, const int32_t* positions, const float* inv_freq, int64_t heads, int64_t D) {
+__global__ void rope_kernel(bf16* x, const int32_t* positions, const float* inv_freq, int64_t heads,
+                            int64_t D) {
   extern __shared__ float cs[];  // [half] cos, [half] sin
   const int64_t t = blockIdx.x, half = D / 2;
   const float pos = float(positions[t]);
@@ -36,12 +37,13 @@ void rope(Ctx& c, Tensor x, const Tensor& positions, const Tensor& inv_freq) {
   need(positions, DType::I32, "rope", "positions");
   need(inv_freq, DType::F32, "rope", "inv_freq");
   const int64_t T = x.dim(0), D = x.dim(-1);
-  MTP_CHECK(T > 0 && D % 2 == 0 && x.numel() % (T * D) == 0 && inv_freq.numel() == D / 2 && positions.numel() == T,
-            "cuda rope: x {} / positions {} / inv_freq {}", x.shape_str(), positions.shape_str(),
-            inv_freq.shape_str());
+  MTP_CHECK(
+      T > 0 && D % 2 == 0 && x.numel() % (T * D) == 0 && inv_freq.numel() == D / 2 && positions.numel() == T,
+      "cuda rope: x {} / positions {} / inv_freq {}", x.shape_str(), positions.shape_str(),
+      inv_freq.shape_str());
   const int64_t heads = x.numel() / (T * D);
-  rope_kernel<<<unsigned(T), 256, size_t(D) * sizeof(float), c.stream>>>(mbf(x), positions.ptr<const int32_t>(),
-                                                                        inv_freq.ptr<const float>(), heads, D);
+  rope_kernel<<<unsigned(T), 256, size_t(D) * sizeof(float), c.stream>>>(
+      mbf(x), positions.ptr<const int32_t>(), inv_freq.ptr<const float>(), heads, D);
   check_launch("rope");
 }
 

@@ -9,9 +9,12 @@ using bf16 = __nv_bfloat16;
 
 template <typename E>
 __device__ __forceinline__ float ld(const E* p, int64_t i) {
-  if constexpr (std::is_same_v<E, float>) return p[i];
-  else if constexpr (std::is_same_v<E, __half>) return __half2float(p[i]);
-  else return __bfloat162float(p[i]);
+  if constexpr (std::is_same_v<E, float>)
+    return p[i];
+  else if constexpr (std::is_same_v<E, __half>)
+    return __half2float(p[i]);
+  else
+    return __bfloat162float(p[i]);
 }
 
 template <typename E>
@@ -48,7 +51,8 @@ __global__ void argmax_kernel(int32_t* out, const E* x, int64_t V) {
 
 template <typename E>
 __global__ void to_f32_kernel(float* out, const E* x, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     out[i] = ld(x, i);
 }
 
@@ -77,14 +81,17 @@ void to_f32(Ctx& c, Tensor out, const Tensor& x) {
   if (!n) return;
   const unsigned g = grid_for(n, 256);
   switch (x.dtype) {
-    case DType::BF16: to_f32_kernel<bf16><<<g, 256, 0, c.stream>>>(out.ptr<float>(), cbf(x), n); break;
+    case DType::BF16:
+      to_f32_kernel<bf16><<<g, 256, 0, c.stream>>>(out.ptr<float>(), cbf(x), n);
+      break;
     case DType::F16:
       to_f32_kernel<__half><<<g, 256, 0, c.stream>>>(out.ptr<float>(), x.ptr<const __half>(), n);
       break;
     case DType::F32:
       CUDA_OK(cudaMemcpyAsync(out.data, x.data, size_t(n) * 4, cudaMemcpyDeviceToDevice, c.stream), "to_f32");
       return;
-    default: fail("cuda to_f32: x must be a float tensor, got {}", dtype_name(x.dtype));
+    default:
+      fail("cuda to_f32: x must be a float tensor, got {}", dtype_name(x.dtype));
   }
   check_launch("to_f32");
 }
