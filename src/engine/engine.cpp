@@ -24,6 +24,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
+#include "engine/tree.h"
 #include "model/assistant.h"
 #ifdef MTPSERVE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -394,7 +395,7 @@ class EngineImpl final : public Engine {
           for (int i = 1; i <= a.accepted; i++) path.push_back(i);
           next = a.next;
         } else {
-          next = accept_tree(w, rows, V, q, path);
+          next = accept_tree({w.drafts, w.parent}, rows, V, q.r.sampling, q.pen, q.rng, path);
           compact_kv(q, path);
         }
         const int accepted = int(path.size());
@@ -472,43 +473,6 @@ class EngineImpl final : public Engine {
   // frontier nodes (each with its parent's recurrent state) and keeps the k best of their k*k children by
   // cumulative log-probability. The block takes the best `tree_nodes(k)` of all expanded nodes (a child
   // never scores above its parent, so the set is ancestor-closed), ordered by depth.
-  struct Node {
-    int32_t token;
-    int parent;  // index into the node list, -1 = root
-    int depth;
-    float score;
-    int hrow;  // row of `hs` holding the state this node's children are drafted from
-  };
-
-  // Top-t (token, log-prob) of each row of an assistant step (log-softmax over the vocabulary, or over the
-  // centroid head's candidates with -inf elsewhere).
-  std::vector<std::vector<std::pair<int32_t, float>>> top_children(const DraftStepOutput& o, int B, int t) {
-    std::vector<std::vector<std::pair<int32_t, float>>> out(B);
-    bool dense = o.logits.defined();
-    int64_t N = dense ? o.logits.dim(1) : o.cand_ids.dim(1);
-    std::vector<float> sc(size_t(B) * N);
-    std::vector<int32_t> id;
-    be_->copy_to_host(sc.data(), dense ? o.logits : o.cand_scores);
-    if (!dense) {
-      id.resize(size_t(B) * N);
-      be_->copy_to_host(id.data(), o.cand_ids);
-    }
-    for (int b = 0; b < B; b++) {
-      const float* r = sc.data() + size_t(b) * N;
-      float mx = *std::max_element(r, r + N);
-      double sum = 0;
-      for (int64_t j = 0; j < N; j++) sum += std::exp(double(r[j]) - mx);
-      float lse = mx + float(std::log(sum));
-      std::vector<int> idx(N);
-      std::iota(idx.begin(), idx.end(), 0);
-      int k = int(std::min<int64_t>(t, N));
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                        [&](int x, int y) { return r[x] > r[y] || (r[x] == r[y] && x < y); });
-      for (int i = 0; i < k; i++)
-        out[b].emplace_back(dense ? idx[i] : id[size_t(b) * N + idx[i]], r[idx[i]] - lse);
-    }
-    return out;
-  }
 
   void draft_trees(std::vector<Work>& work) {
     const int T = opts_.draft_topk;
@@ -516,7 +480,7 @@ class EngineImpl final : public Engine {
     for (Work& w : work) {  // one request at a time: its frontier rows share one KV view
       if (!w.verify || w.k == 0) continue;
       Req& q = *w.q;
-      std::vector<Node> nodes;
+      std::vector<DraftNode> nodes;
       std::vector<float> hs(q.seed_h);  // row 0: the seed state
       std::vector<int> frontier;        // node indices
       std::vector<int32_t> in_tok{q.tokens.back()};
@@ -534,7 +498,7 @@ class EngineImpl final : public Engine {
         read_act(hn.data(), o.hidden);
         int base_row = int(hs.size() / Hb);
         hs.insert(hs.end(), hn.begin(), hn.end());
-        auto kids = top_children(o, B, T);
+        auto kids = top_children(*be_, o, B, T);
         // Expand every input row; children of row b continue from row b's new state.
         std::vector<int> cand;
         for (int b = 0; b < B; b++) {
@@ -554,35 +518,10 @@ class EngineImpl final : public Engine {
         in_hrow.clear();
         for (int n : frontier) in_tok.push_back(nodes[n].token), in_hrow.push_back(nodes[n].hrow);
       }
-      // Select the best nodes, close them under ancestors (ties can break closure), order by depth.
-      std::vector<int> order(nodes.size());
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(),
-                       [&](int x, int y) { return nodes[x].score > nodes[y].score; });
-      int want = w.q_len - 1;
-      std::vector<char> keep(nodes.size(), 0);
-      int kept = 0;
-      for (int n : order) {
-        if (kept >= want) break;
-        std::vector<int> chain;
-        for (int a = n; a >= 0 && !keep[a]; a = nodes[a].parent) chain.push_back(a);
-        if (kept + int(chain.size()) > want) continue;
-        for (int a : chain) keep[a] = 1;
-        kept += int(chain.size());
-      }
-      std::vector<int> sel;
-      for (size_t n = 0; n < nodes.size(); n++)
-        if (keep[n]) sel.push_back(int(n));
-      std::stable_sort(sel.begin(), sel.end(), [&](int x, int y) { return nodes[x].depth < nodes[y].depth; });
-      std::vector<int> block_of(nodes.size(), 0);
-      for (size_t i = 0; i < sel.size(); i++) block_of[sel[i]] = int(i) + 1;
-      w.drafts.clear();
-      w.parent.clear();
-      for (int n : sel) {
-        w.drafts.push_back(nodes[n].token);
-        w.parent.push_back(nodes[n].parent < 0 ? 0 : block_of[nodes[n].parent]);
-      }
-      w.q_len = 1 + int(sel.size());
+      TreeBlock t = select_tree(nodes, w.q_len - 1);
+      w.drafts = t.tokens;
+      w.parent = t.parent;
+      w.q_len = 1 + int(t.tokens.size());
     }
   }
 
@@ -606,29 +545,6 @@ class EngineImpl final : public Engine {
           row[0] = 1;
         }
       }
-    }
-  }
-
-  // Walk the verified tree from the root. Greedy: follow the child equal to the target's choice. Sampled:
-  // draw x from the target distribution at the current node; if x is a child, move there, else x is the
-  // correction token — inverse-CDF sampling over [children..., rest], exactly lossless.
-  int32_t accept_tree(const Work& w, const float* rows, int V, Req& q, std::vector<int>& path) {
-    const SamplingParams& sp = q.r.sampling;
-    int cur = 0;
-    for (;;) {
-      const float* row = rows + size_t(cur) * V;
-      int32_t x =
-          sp.greedy() ? greedy_token(row, V, sp, q.pen) : sample_from(target_probs(row, V, sp, q.pen), q.rng);
-      q.pen.add(x);
-      int child = -1;
-      for (size_t i = 0; i < w.parent.size(); i++)
-        if (w.parent[i] == cur && w.drafts[i] == x) {
-          child = int(i) + 1;
-          break;
-        }
-      if (child < 0) return x;
-      path.push_back(child);
-      cur = child;
     }
   }
 
