@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "engine/sampler.h"
+#include "engine/tree.h"
 
 namespace mtpserve {
 namespace {
@@ -107,6 +108,59 @@ TEST(SpeculativeSampling, MatchesTargetDistribution) {
       std::printf("k=%d T=%.1f: chi2 %.1f (df %d, critical %.1f)\n", k, temp, chi, df, chi2_crit(df));
       EXPECT_LT(chi, chi2_crit(df)) << "k=" << k << " T=" << temp << " df=" << df;
     }
+  }
+}
+
+// The first two tokens emitted after bonus 0 by tree rounds: two siblings under the root (the drafter's token
+// and the next id), each with one child.
+double chi2_tree(const SamplingParams& sp, int N, int* df) {
+  Toy toy;
+  PenaltyState none;
+  std::vector<double> expect(V * V, 0.0);
+  auto p1 = target_probs(toy.logit[0], V, sp, none);
+  for (int a = 0; a < V; a++) {
+    auto p2 = target_probs(toy.logit[a], V, sp, none);
+    for (int b = 0; b < V; b++) expect[a * V + b] = double(p1[a]) * p2[b] * N;
+  }
+  std::vector<int> seen(V * V, 0);
+  Rng rng(777);
+  for (int i = 0; i < N; i++) {
+    std::vector<int> out;
+    int bonus = 0;
+    PenaltyState pen;
+    while (out.size() < 2) {
+      int a = toy.draft[bonus], b = (a + 1) % V;
+      TreeBlock t{{a, b, toy.draft[a], toy.draft[b]}, {0, 0, 1, 2}};
+      std::vector<float> rows;  // one target row per block node: root, a, b, a's child, b's child
+      for (int tok : {bonus, a, b, toy.draft[a], toy.draft[b]})
+        rows.insert(rows.end(), toy.logit[tok], toy.logit[tok] + V);
+      std::vector<int> path;
+      int32_t next = accept_tree(t, rows.data(), V, sp, pen, rng, path);
+      for (int n : path) out.push_back(t.tokens[n - 1]);
+      out.push_back(next);
+      bonus = next;
+    }
+    seen[out[0] * V + out[1]]++;
+  }
+  double chi = 0;
+  *df = -1;
+  for (int c = 0; c < V * V; c++) {
+    if (expect[c] == 0) continue;
+    chi += (seen[c] - expect[c]) * (seen[c] - expect[c]) / expect[c];
+    (*df)++;
+  }
+  return chi;
+}
+
+TEST(SpeculativeSampling, TreeWalkMatchesTargetDistribution) {
+  for (float temp : {1.0f, 0.7f}) {
+    SamplingParams sp;
+    sp.temperature = temp;
+    if (temp < 1) sp.top_p = 0.9f;
+    int df = 0;
+    double chi = chi2_tree(sp, 24000, &df);
+    std::printf("tree T=%.1f: chi2 %.1f (df %d, critical %.1f)\n", temp, chi, df, chi2_crit(df));
+    EXPECT_LT(chi, chi2_crit(df));
   }
 }
 
