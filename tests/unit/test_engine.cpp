@@ -70,6 +70,7 @@ std::vector<int32_t> reference(const Gemma4Model& m, const std::vector<int32_t>&
 struct Pair {
   std::string name, target, assistant;
 };
+void PrintTo(const Pair& p, std::ostream* os) { *os << p.name; }  // readable ctest names
 
 class GreedyLossless : public ::testing::TestWithParam<std::tuple<Pair, int, int>> {};
 
