@@ -74,4 +74,18 @@ struct Tensor {
   }
 };
 
+// Element i of a host float tensor (F32, BF16 or F16) as fp32; throws for other dtypes.
+inline float load_f32(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::F32:
+      return t.ptr<const float>()[i];
+    case DType::BF16:
+      return bf16_to_f32(t.ptr<const uint16_t>()[i]);
+    case DType::F16:
+      return f16_to_f32(t.ptr<const uint16_t>()[i]);
+    default:
+      fail("tensor of dtype {} is not a float tensor", dtype_name(t.dtype));
+  }
+}
+
 }  // namespace mtpserve

@@ -534,6 +534,16 @@ ojson completion_response(const std::string& id, int64_t created, const std::str
                {"choices", cs}, {"usage", usage_json(usage)}};
 }
 
+// The envelope of one streamed chunk carrying a single choice.
+static ojson chunk_envelope(const std::string& id, const char* object, int64_t created,
+                            const std::string& model, const ojson& choice) {
+  return ojson{{"id", id},
+               {"object", object},
+               {"created", created},
+               {"model", model},
+               {"choices", ojson::array({choice})}};
+}
+
 ojson chat_chunk(const std::string& id, int64_t created, const std::string& model, int index,
                  const std::optional<std::string>& content, const std::optional<std::string>& finish_reason,
                  bool role_chunk, const ojson& logprobs) {
@@ -545,11 +555,7 @@ ojson chat_chunk(const std::string& id, int64_t created, const std::string& mode
   ch["delta"] = delta;
   ch["logprobs"] = logprobs;
   ch["finish_reason"] = finish_reason ? ojson(*finish_reason) : ojson(nullptr);
-  return ojson{{"id", id},
-               {"object", "chat.completion.chunk"},
-               {"created", created},
-               {"model", model},
-               {"choices", ojson::array({ch})}};
+  return chunk_envelope(id, "chat.completion.chunk", created, model, ch);
 }
 
 ojson completion_chunk(const std::string& id, int64_t created, const std::string& model, int index,
@@ -560,11 +566,7 @@ ojson completion_chunk(const std::string& id, int64_t created, const std::string
   ch["text"] = text;
   ch["logprobs"] = logprobs;
   ch["finish_reason"] = finish_reason ? ojson(*finish_reason) : ojson(nullptr);
-  return ojson{{"id", id},
-               {"object", "text_completion"},
-               {"created", created},
-               {"model", model},
-               {"choices", ojson::array({ch})}};
+  return chunk_envelope(id, "text_completion", created, model, ch);
 }
 
 ojson usage_chunk(bool chat, const std::string& id, int64_t created, const std::string& model,

@@ -612,27 +612,15 @@ TEST(CudaOps, UploadWeight) {
 // model
 
 nlohmann::json model_variant(const std::string& name) {
-  auto c = test::small_text_config();
+  auto c = test::small_text_config(name);
   if (name == "real_dims") {  // head dims as in the real models (the attention kernels' real configurations)
     c["hidden_size"] = 64;
     c["head_dim"] = 256;
     c["global_head_dim"] = 512;
   }
-  if (name == "moe") {
-    c["enable_moe_block"] = true;
-    c["num_experts"] = 16;
-    c["top_k_experts"] = 4;
-    c["moe_intermediate_size"] = 16;
-    c["hidden_size_per_layer_input"] = 0;
-    c["num_kv_shared_layers"] = 0;
-  } else if (name == "plain") {
-    c["attention_k_eq_v"] = false;
-    c["num_global_key_value_heads"] = nullptr;
-    c["hidden_size_per_layer_input"] = 0;
-    c["num_kv_shared_layers"] = 0;
-    c["use_double_wide_mlp"] = false;
-    c["final_logit_softcapping"] = nullptr;
-  }
+  if (name == "moe")
+    c["num_experts"] = 16, c["top_k_experts"] = 4,
+    c["moe_intermediate_size"] = 16;  // wider than the CPU test
   return c;
 }
 

@@ -22,29 +22,9 @@ std::vector<float> run_chunks(const Gemma4Model& m, const std::vector<int32_t>& 
 
 class ForwardSplit : public ::testing::TestWithParam<const char*> {};
 
-nlohmann::json variant(const std::string& name) {
-  auto c = test::small_text_config();
-  if (name == "moe") {
-    c["enable_moe_block"] = true;
-    c["num_experts"] = 4;
-    c["top_k_experts"] = 2;
-    c["moe_intermediate_size"] = 8;
-    c["hidden_size_per_layer_input"] = 0;
-    c["num_kv_shared_layers"] = 0;
-  } else if (name == "plain") {
-    c["attention_k_eq_v"] = false;
-    c["num_global_key_value_heads"] = nullptr;
-    c["hidden_size_per_layer_input"] = 0;
-    c["num_kv_shared_layers"] = 0;
-    c["use_double_wide_mlp"] = false;
-    c["final_logit_softcapping"] = nullptr;
-  }
-  return c;
-}
-
 TEST_P(ForwardSplit, ChunksAndDecodeMatchWholePrefill) {
   auto be = make_cpu_backend();
-  auto m = test::make_dummy_model(variant(GetParam()), *be);
+  auto m = test::make_dummy_model(test::small_text_config(GetParam()), *be);
   const int V = m->config().vocab_size, n = 45;  // > 2 pages, > 5 windows of 8
   auto toks = test::random_tokens(n, V, 3);
   auto whole = run_chunks(*m, toks, n);
@@ -57,7 +37,7 @@ TEST_P(ForwardSplit, ChunksAndDecodeMatchWholePrefill) {
 
 TEST_P(ForwardSplit, BatchedSequencesMatchSeparateRuns) {
   auto be = make_cpu_backend();
-  auto m = test::make_dummy_model(variant(GetParam()), *be);
+  auto m = test::make_dummy_model(test::small_text_config(GetParam()), *be);
   const int V = m->config().vocab_size;
   KvCache kv(*m, 32, 32);
   // Two sequences with different committed prefixes step together: A decodes 3 tokens, B prefills 20.

@@ -63,9 +63,8 @@ std::pair<int, int> two_tokens(const Toy& toy, int k, const SamplingParams& sp, 
   return {out[0], out[1]};
 }
 
-// Chi-square statistic of N speculative samples against the exact target joint p(x1|0) p(x2|x1).
-double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, int* df) {
-  Toy toy;
+// Expected counts of N samples of the first two tokens after bonus 0 under the target: p(x1|0) p(x2|x1).
+std::vector<double> expected_pairs(const Toy& toy, const SamplingParams& sp, int N) {
   PenaltyState none;
   std::vector<double> expect(V * V, 0.0);
   auto p1 = target_probs(toy.logit[0], V, sp, none);
@@ -73,15 +72,14 @@ double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, i
     auto p2 = target_probs(toy.logit[a], V, sp, none);
     for (int b = 0; b < V; b++) expect[a * V + b] = double(p1[a]) * p2[b] * N;
   }
-  std::vector<int> seen(V * V, 0);
-  Rng rng(12345);
-  for (int i = 0; i < N; i++) {
-    auto [a, b] = two_tokens(toy, k, sp, rng, accept);
-    seen[a * V + b]++;
-  }
+  return expect;
+}
+
+// Pearson chi-square of observed against expected counts; a count where nothing is expected is infinite.
+double chi2_of(const std::vector<int>& seen, const std::vector<double>& expect, int* df) {
   double chi = 0;
   *df = -1;
-  for (int c = 0; c < V * V; c++) {
+  for (size_t c = 0; c < seen.size(); c++) {
     if (expect[c] == 0) {
       if (seen[c]) return INFINITY;  // a token the target can never produce
       continue;
@@ -90,6 +88,18 @@ double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, i
     (*df)++;
   }
   return chi;
+}
+
+// Chi-square statistic of N speculative samples against the exact target joint p(x1|0) p(x2|x1).
+double chi2_stat(const SamplingParams& sp, int k, const Accept& accept, int N, int* df) {
+  Toy toy;
+  std::vector<int> seen(V * V, 0);
+  Rng rng(12345);
+  for (int i = 0; i < N; i++) {
+    auto [a, b] = two_tokens(toy, k, sp, rng, accept);
+    seen[a * V + b]++;
+  }
+  return chi2_of(seen, expected_pairs(toy, sp, N), df);
 }
 
 Accept real() {
@@ -115,13 +125,6 @@ TEST(SpeculativeSampling, MatchesTargetDistribution) {
 // and the next id), each with one child.
 double chi2_tree(const SamplingParams& sp, int N, int* df) {
   Toy toy;
-  PenaltyState none;
-  std::vector<double> expect(V * V, 0.0);
-  auto p1 = target_probs(toy.logit[0], V, sp, none);
-  for (int a = 0; a < V; a++) {
-    auto p2 = target_probs(toy.logit[a], V, sp, none);
-    for (int b = 0; b < V; b++) expect[a * V + b] = double(p1[a]) * p2[b] * N;
-  }
   std::vector<int> seen(V * V, 0);
   Rng rng(777);
   for (int i = 0; i < N; i++) {
@@ -142,14 +145,7 @@ double chi2_tree(const SamplingParams& sp, int N, int* df) {
     }
     seen[out[0] * V + out[1]]++;
   }
-  double chi = 0;
-  *df = -1;
-  for (int c = 0; c < V * V; c++) {
-    if (expect[c] == 0) continue;
-    chi += (seen[c] - expect[c]) * (seen[c] - expect[c]) / expect[c];
-    (*df)++;
-  }
-  return chi;
+  return chi2_of(seen, expected_pairs(toy, sp, N), df);
 }
 
 TEST(SpeculativeSampling, TreeWalkMatchesTargetDistribution) {

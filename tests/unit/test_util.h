@@ -41,6 +41,27 @@ inline nlohmann::json small_text_config() {
              {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.25}, {"rope_theta", 1e6}}}}}};
 }
 
+// Named variants of it: "moe" (26B-A4B-style, no PLE or sharing), "plain" (no PLE, sharing, k_eq_v, softcap).
+inline nlohmann::json small_text_config(const std::string& name) {
+  auto c = small_text_config();
+  if (name == "moe") {
+    c["enable_moe_block"] = true;
+    c["num_experts"] = 4;
+    c["top_k_experts"] = 2;
+    c["moe_intermediate_size"] = 8;
+    c["hidden_size_per_layer_input"] = 0;
+    c["num_kv_shared_layers"] = 0;
+  } else if (name == "plain") {
+    c["attention_k_eq_v"] = false;
+    c["num_global_key_value_heads"] = nullptr;
+    c["hidden_size_per_layer_input"] = 0;
+    c["num_kv_shared_layers"] = 0;
+    c["use_double_wide_mlp"] = false;
+    c["final_logit_softcapping"] = nullptr;
+  }
+  return c;
+}
+
 inline std::unique_ptr<Gemma4Model> make_dummy_model(const nlohmann::json& cfg_json, Backend& be,
                                                      uint64_t seed = 7, DummyWeights* keep = nullptr) {
   ModelConfig mc = parse_config(cfg_json.dump(), "test config");

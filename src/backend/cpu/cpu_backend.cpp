@@ -14,20 +14,6 @@
 namespace mtpserve {
 namespace {
 
-// Read element i of a float tensor of any float dtype as fp32.
-inline float load(const Tensor& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::F32:
-      return t.ptr<const float>()[i];
-    case DType::BF16:
-      return bf16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::F16:
-      return f16_to_f32(t.ptr<const uint16_t>()[i]);
-    default:
-      fail("cpu backend: tensor of dtype {} is not a float tensor", dtype_name(t.dtype));
-  }
-}
-
 // Rows [r0, r0 + n) of a float tensor viewed as [*, K] (K = last dim) as fp32 into dst.
 void load_rows(float* dst, const Tensor& w, int64_t r0, int64_t n) {
   int64_t k = w.dim(-1);
@@ -36,7 +22,7 @@ void load_rows(float* dst, const Tensor& w, int64_t r0, int64_t n) {
     std::memcpy(dst, w.ptr<const float>() + r0 * k, size_t(n * k) * 4);
     return;
   }
-  for (int64_t i = 0; i < n * k; i++) dst[i] = load(w, r0 * k + i);
+  for (int64_t i = 0; i < n * k; i++) dst[i] = load_f32(w, r0 * k + i);
 }
 
 inline float gelu_tanh(float x) {
@@ -67,7 +53,7 @@ class CpuBackend final : public Backend {
   Tensor upload_weight(const Tensor& host) override {
     if (host.dtype == DType::F16) {  // no fp16 math here: widen once
       Tensor t = alloc(DType::F32, {host.numel()});
-      for (int64_t i = 0; i < host.numel(); i++) t.ptr<float>()[i] = load(host, i);
+      for (int64_t i = 0; i < host.numel(); i++) t.ptr<float>()[i] = load_f32(host, i);
       t.ndim = host.ndim;
       t.shape = host.shape;
       return t;
@@ -90,7 +76,7 @@ class CpuBackend final : public Backend {
       int32_t id = ids.ptr<const int32_t>()[t];
       MTP_CHECK(id >= 0 && id < V, "token id {} is outside the vocabulary [0, {})", id, V);
       float* o = out.ptr<float>() + t * H;
-      for (int64_t h = 0; h < H; h++) o[h] = load(table, id * H + h) * scale;
+      for (int64_t h = 0; h < H; h++) o[h] = load_f32(table, id * H + h) * scale;
     }
   }
 
@@ -102,7 +88,7 @@ class CpuBackend final : public Backend {
     int64_t R = x.numel() / D;
     std::vector<float> wf(D, 1.0f);
     if (w.defined())
-      for (int64_t i = 0; i < D; i++) wf[i] = load(w, i);
+      for (int64_t i = 0; i < D; i++) wf[i] = load_f32(w, i);
     for (int64_t r = 0; r < R; r++) {
       const float* a = x.ptr<const float>() + r * D;
       float* o = out.ptr<float>() + r * D;
@@ -126,7 +112,7 @@ class CpuBackend final : public Backend {
     int64_t D = w.numel();
     MTP_ASSERT(x.numel() % D == 0 && out.numel() == x.numel());
     std::vector<float> wf(D);
-    for (int64_t i = 0; i < D; i++) wf[i] = load(w, i);
+    for (int64_t i = 0; i < D; i++) wf[i] = load_f32(w, i);
     for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = x.ptr<const float>()[i] * wf[i % D];
   }
   void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) override {
@@ -315,7 +301,7 @@ class CpuBackend final : public Backend {
       float tot = 0;
       for (int k = 0; k < top_k; k++) tot += p[idx[k]];
       for (int k = 0; k < top_k; k++) {
-        weights.ptr<float>()[t * top_k + k] = p[idx[k]] / tot * load(per_expert_scale, idx[k]);
+        weights.ptr<float>()[t * top_k + k] = p[idx[k]] / tot * load_f32(per_expert_scale, idx[k]);
         experts.ptr<int32_t>()[t * top_k + k] = idx[k];
       }
     }
@@ -360,7 +346,7 @@ class CpuBackend final : public Backend {
     }
   }
   void to_f32(Tensor out, const Tensor& x) override {
-    for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = load(x, i);
+    for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = load_f32(x, i);
   }
 
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& cscores,

@@ -80,19 +80,6 @@ struct Pool {
   }
 };
 
-float host_load(const Tensor& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::F32:
-      return t.ptr<const float>()[i];
-    case DType::BF16:
-      return bf16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::F16:
-      return f16_to_f32(t.ptr<const uint16_t>()[i]);
-    default:
-      fail("cuda upload_weight: dtype {} is not a float type", dtype_name(t.dtype));
-  }
-}
-
 }  // namespace
 
 class CudaBackend final : public Backend {
@@ -160,7 +147,7 @@ class CudaBackend final : public Backend {
         CUDA_OK(cudaMemcpy(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice), "upload_weight");
       } else {
         std::vector<uint16_t> tmp(size_t(host.numel()));
-        for (int64_t i = 0; i < host.numel(); i++) tmp[size_t(i)] = f32_to_bf16(host_load(host, i));
+        for (int64_t i = 0; i < host.numel(); i++) tmp[size_t(i)] = f32_to_bf16(load_f32(host, i));
         CUDA_OK(cudaMemcpy(t.data, tmp.data(), tmp.size() * 2, cudaMemcpyHostToDevice), "upload_weight");
       }
     } else {  // index tensors (I64/I32/...) keep their type
