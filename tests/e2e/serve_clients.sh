@@ -9,12 +9,8 @@ bin=$(realpath "$1")
 build=$(realpath "$2")
 src="${MTP_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
 node_dir="$src/tests/node"
-[ -d "$node_dir/node_modules/openai" ] || { echo "openai npm package missing (run scripts/setup --test)" >&2; exit 1; }
-export SERVE_LOG_DIR="$build/serve_clients"
-rm -rf "$SERVE_LOG_DIR" && mkdir -p "$SERVE_LOG_DIR"
 source "$src/tests/e2e/lib/serve.sh"
-# A sanitizer build runs the model much slower: lighter client checks (same kinds of checks).
-if grep -q __asan_init "$bin"; then export MTP_E2E_LIGHT=1; fi
+e2e_init serve_clients openai
 trap stop_servers EXIT
 cd "$src"
 

@@ -8,9 +8,8 @@ set -euo pipefail
 bin=$(realpath "$1")
 build=$(realpath "$2")
 src="${MTP_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
-export SERVE_LOG_DIR="$build/serve_errors"
-rm -rf "$SERVE_LOG_DIR" && mkdir -p "$SERVE_LOG_DIR"
 source "$src/tests/e2e/lib/serve.sh"
+e2e_init serve_errors
 bg_pids=()
 cleanup() {
   local rc=$?

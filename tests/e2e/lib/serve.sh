@@ -3,8 +3,22 @@
 #                                           "listening on http://HOST:PORT" line; sets <NAME>_PID, <NAME>_URL
 #   stop_servers                            kills every server started here (called from the EXIT trap)
 #   expect_status WANT CURL-ARGS...         one request; asserts the HTTP status and an OpenAI error object for 4xx/5xx
+#   e2e_init NAME [openai]                  per-test log folder $build/NAME ($bin and $build set by the
+#                                           caller), lighter client checks for sanitizer builds; with
+#                                           "openai", insist on the npm SDK in tests/node
 SERVE_PIDS=()
 SERVE_LOG_DIR=${SERVE_LOG_DIR:-$(mktemp -d)}
+
+e2e_init() {
+  if [ "${2:-}" = openai ] && [ ! -d "$src/tests/node/node_modules/openai" ]; then
+    echo "openai npm package missing (run scripts/setup --test)" >&2
+    exit 1
+  fi
+  export SERVE_LOG_DIR="$build/$1"
+  rm -rf "$SERVE_LOG_DIR" && mkdir -p "$SERVE_LOG_DIR"
+  # A sanitizer build runs the model much slower: lighter client checks (same kinds of checks).
+  if grep -q __asan_init "$bin"; then export MTP_E2E_LIGHT=1; fi
+}
 
 start_server() {
   local name=$1 bin=$2
