@@ -19,9 +19,8 @@ struct SamplingParams {
   int max_tokens = 256;                 // generated tokens at most
   std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS ids
   bool ignore_eos = false;
-  int logprobs = 0;  // 0: none; n: log-prob of each sampled token plus the top n-1... see top_logprobs
-  int top_logprobs = 0;
-  bool want_logprobs = false;
+  bool want_logprobs = false;  // log-prob of each emitted token
+  int top_logprobs = 0;        // and this many best alternatives
   bool greedy() const { return temperature <= 0.0f || top_k == 1; }
 };
 

@@ -7,14 +7,6 @@
 
 namespace mtpserve {
 
-int64_t KvStorage::bytes_per_token(LayerType t) const {
-  (void)t;
-  int64_t b = 0;
-  for (size_t i = 0; i < k.size(); i++)
-    if (k[i].defined()) b += 2 * k[i].row_numel() * int64_t(dtype_size(k[i].dtype));
-  return b;
-}
-
 std::vector<float> rope_inv_freq(const RopeParams& p, int D) {
   MTP_ASSERT(D > 0 && D % 2 == 0);
   std::vector<float> inv(D / 2, 0.0f);

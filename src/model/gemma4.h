@@ -20,7 +20,6 @@ inline constexpr int kPageSize = 16;
 struct KvStorage {
   std::vector<Tensor> k, v;  // indexed by layer; undefined for KV-shared layers
   int full_pages = 0, sliding_pages = 0;
-  int64_t bytes_per_token(LayerType t) const;  // over the owner layers of that pool
 };
 
 // One sequence of a forward batch: `q_len` new tokens whose KV goes to slots prefix_len ..

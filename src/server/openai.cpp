@@ -432,7 +432,6 @@ GenerationRequest make_generation_request(const ApiRequest& r, const std::string
   if (g.sampling.seed) g.sampling.seed = *g.sampling.seed + uint64_t(index);
   g.sampling.want_logprobs = r.logprobs;
   g.sampling.top_logprobs = r.top_logprobs;
-  g.sampling.logprobs = r.logprobs ? std::max(1, r.top_logprobs) : 0;
   g.spec = r.spec;
   return g;
 }
