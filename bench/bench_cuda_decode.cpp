@@ -1,7 +1,8 @@
 // The target decode step on the GPU: one token per sequence, paged KV at a given context, dummy weights
 // generated directly on the device (no host copy). For each model config, context and batch: median step time
-// (wall clock, forward + synchronize, no CUDA graphs yet), bytes moved (weights read + KV read), achieved
-// GB/s and the roofline (bytes / the device-to-device copy bandwidth measured here).
+// (wall clock: metadata upload, forward, synchronize) with eager launches and replayed from a CUDA graph
+// (TargetGraphs, as the engine runs it), bytes moved (weights read + KV read), achieved GB/s and the roofline
+// (bytes / the device-to-device copy bandwidth measured here).
 //
 // Weight bytes: every layer matrix, the tied head (V x H), norms; only the B embedding rows; for MoE the
 // expected number of distinct experts touched under uniform routing, E * (1 - ((E - k) / E)^B) per layer. KV
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "engine/graphs.h"
 #include "model/gemma4.h"
 
 using namespace mtpserve;
@@ -140,8 +142,22 @@ TargetWeights device_weights(const TextConfig& c, Backend& be, WeightBytes& wb) 
 }
 
 struct Point {
-  double ms = 0, wbytes = 0, kvbytes = 0;
+  double ms = 0, graph_ms = 0, wbytes = 0, kvbytes = 0;
 };
+
+template <typename F>
+double median_ms(int iters, Backend& be, F&& step) {
+  for (int i = 0; i < 2; i++) step(), be.synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < iters; i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    step();
+    be.synchronize();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
 
 // One model (possibly truncated to `layers`), all contexts and batches.
 std::vector<Point> run_model(Backend& be, nlohmann::json cfg, int layers, const std::vector<int>& ctxs,
@@ -164,7 +180,8 @@ std::vector<Point> run_model(Backend& be, nlohmann::json cfg, int layers, const 
       const int W = c.sliding_window, ps = kPageSize;
       const int full_per = (ctx + 1 + ps - 1) / ps;
       const int slide_per = (W + 2 * ps) / ps + 1;
-      KvStorage kv = model.allocate_kv(B * full_per, B * slide_per);
+      KvStorage kv = model.allocate_kv(B * full_per + 1, B * slide_per + 1);  // + the pad pages
+      const PadPages pad{B * full_per, B * slide_per};
       for (size_t i = 0; i < kv.k.size(); i++)
         if (kv.k[i].defined()) {
           cuda_fill_random(be, kv.k[i], 1000 + i, 0.0f, 1.0f, true);
@@ -187,20 +204,12 @@ std::vector<Point> run_model(Backend& be, nlohmann::json cfg, int layers, const 
         fb.seqs.push_back({1, ctx, &fullp[s], &slidep[s]});
         fb.output_rows.push_back(s);
       }
-      for (int i = 0; i < 2; i++) {
-        model.forward(fb, kv);
-        be.synchronize();
-      }
-      std::vector<double> t;
-      for (int i = 0; i < iters; i++) {
-        auto t0 = std::chrono::steady_clock::now();
-        ForwardOutput o = model.forward(fb, kv);
-        be.synchronize();
-        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      std::sort(t.begin(), t.end());
       Point p;
-      p.ms = t[t.size() / 2];
+      p.ms = median_ms(iters, be, [&] { model.forward(fb, kv); });
+      {
+        TargetGraphs graphs(model, kv, pad, ctx + 1, B);
+        p.graph_ms = median_ms(iters, be, [&] { graphs.forward(fb); });
+      }
       const double E = c.num_experts, k = c.top_k_experts;
       const double touched = c.enable_moe_block ? E * (1 - std::pow((E - k) / E, B)) : 0;
       p.wbytes = wb.fixed + B * wb.per_row + wb.moe_layers * touched * wb.expert;
@@ -227,11 +236,11 @@ int main(int argc, char** argv) {
     const double bw = measure_copy_bw(*be);
     std::printf("measured device-to-device copy bandwidth: %.0f GB/s (read + write)\n", bw / 1e9);
     std::printf(
-        "decode step = one token per sequence, median of %d steps (forward + synchronize, eager "
-        "launches)\n\n",
+        "decode step = one token per sequence, median of %d steps (upload + forward + synchronize), eager "
+        "launches and CUDA graph replay; GB/s and %%roof of the graph step\n\n",
         iters);
-    std::printf("%-14s %6s %5s | %9s | %8s %8s %8s | %8s | %9s %6s\n", "model", "ctx", "batch", "step ms",
-                "wts GB", "KV GB", "total GB", "GB/s", "roof ms", "%roof");
+    std::printf("%-14s %6s %5s | %9s %9s | %8s %8s %8s | %8s | %9s %6s\n", "model", "ctx", "batch",
+                "eager ms", "graph ms", "wts GB", "KV GB", "total GB", "GB/s", "roof ms", "%roof");
     for (const auto& name : models) {
       std::ifstream f(dir + "/gemma-4-" + name + "/config.json");
       if (!f) {
@@ -250,6 +259,7 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < p6.size(); i++) {
           Point p;
           p.ms = p12[i].ms + f * (p12[i].ms - p6[i].ms);
+          p.graph_ms = p12[i].graph_ms + f * (p12[i].graph_ms - p6[i].graph_ms);
           p.wbytes = p12[i].wbytes + f * (p12[i].wbytes - p6[i].wbytes);
           p.kvbytes = p12[i].kvbytes + f * (p12[i].kvbytes - p6[i].kvbytes);
           pts.push_back(p);
@@ -262,9 +272,10 @@ int main(int argc, char** argv) {
         for (int B : batches) {
           const Point& p = pts[i++];
           const double bytes = p.wbytes + p.kvbytes, roof = bytes / bw * 1e3;
-          std::printf("%-14s %6d %5d | %8.3f%s | %8.2f %8.2f %8.2f | %8.0f | %9.3f %5.1f%%\n", name.c_str(),
-                      ctx, B, p.ms, scaled ? "x" : " ", p.wbytes / 1e9, p.kvbytes / 1e9, bytes / 1e9,
-                      bytes / (p.ms * 1e-3) / 1e9, roof, 100 * roof / p.ms);
+          std::printf("%-14s %6d %5d | %8.3f%s %8.3f%s | %8.2f %8.2f %8.2f | %8.0f | %9.3f %5.1f%%\n",
+                      name.c_str(), ctx, B, p.ms, scaled ? "x" : " ", p.graph_ms, scaled ? "x" : " ",
+                      p.wbytes / 1e9, p.kvbytes / 1e9, bytes / 1e9, bytes / (p.graph_ms * 1e-3) / 1e9, roof,
+                      100 * roof / p.graph_ms);
           std::fflush(stdout);
         }
     }

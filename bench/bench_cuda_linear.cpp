@@ -1,8 +1,11 @@
 // Linear layers at decode sizes: our GEMV kernel vs cuBLAS, M = 1..64, for E4B and 31B projection shapes.
-// Prints time, GB/s (weights + activations in + outputs) and % of the device-to-device copy bandwidth
-// measured here (bytes read + written of a 1 GiB copy). Cold weights: each call reads a different copy of the
-// matrix
-// (>= 256 MB of copies in rotation, > 5x L2). Usage: bench_cuda_linear [iters=30]
+// Prints time and % of the device-to-device copy bandwidth measured here (bytes read + written of a 1 GiB
+// copy), counting weights + activations in + outputs. Cold weights: each call reads a different copy of the
+// matrix (>= 256 MB of copies in rotation, > 5x L2). Each call is timed two ways: launched one by one on the
+// stream (includes the launch gaps) and replayed from a CUDA graph of the same calls (as decode runs them).
+// Usage: bench_cuda_linear [iters=30] [filter] [sweep]
+//   filter: only shapes whose name contains it ("E4B", "q_proj"; "" or "all" = every shape)
+//   sweep: time every GEMV variant (linear.cu kVariants) at M = 1, 2, 3, 4, 8 instead of GEMV vs cuBLAS
 #ifdef MTPSERVE_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -13,6 +16,10 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+
+namespace mtpserve::cuda {
+int gemv_force_variant(int v);  // linear.cu: -1 = pick by shape; returns the number of variants
+}
 
 using namespace mtpserve;
 
@@ -48,6 +55,9 @@ double measure_copy_bw(Backend& be) {
 
 int main(int argc, char** argv) {
   const int iters = argc > 1 ? std::atoi(argv[1]) : 30;
+  std::string filter = argc > 2 ? argv[2] : "";
+  if (filter == "all") filter.clear();
+  const bool sweep = argc > 3 && std::string(argv[3]) == "sweep";
   auto be = make_cuda_backend(0);
   std::printf("device: %s\n", be->name().c_str());
   const double bw = measure_copy_bw(*be);
@@ -62,14 +72,31 @@ int main(int argc, char** argv) {
       {"31B q_proj", 8192, 5376},   {"31B k_proj", 4096, 5376}, {"31B o_proj", 5376, 8192},
       {"31B gate/up", 21504, 5376}, {"31B down", 5376, 21504},  {"31B head", 262144, 5376},
   };
-  const std::vector<int64_t> Ms = {1, 2, 3, 4, 8, 12, 16, 32, 64};
+  const std::vector<int64_t> Ms =
+      sweep ? std::vector<int64_t>{1, 2, 3, 4, 8} : std::vector<int64_t>{1, 2, 3, 4, 8, 12, 16, 32, 64};
+  const int nvar = cuda::gemv_force_variant(-1);
   auto st = static_cast<cudaStream_t>(cuda_stream(*be));
   cudaEvent_t e0, e1;
   ck(cudaEventCreate(&e0), "event");
   ck(cudaEventCreate(&e1), "event");
-  std::printf("%-12s %5s %6s | %9s %8s %6s | %9s %8s %6s | %s\n", "shape", "NxK", "M", "gemv us", "GB/s",
-              "%copy", "cublas us", "GB/s", "%copy", "faster");
+  auto elapsed_us = [&](int calls) {
+    be->synchronize();
+    float ms = 0;
+    ck(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+    return 1e3 * ms / calls;
+  };
+  if (sweep) {
+    std::printf("us per call by GEMV variant (g = CUDA graph replay, s = stream launches); * = best\n");
+    std::printf("%-12s %11s %3s %s |", "shape", "NxK", "M", " ");
+    for (int v = 0; v < nvar; v++) std::printf("   v%-4d", v);
+    std::printf("| cublas | best %%copy\n");
+  } else {
+    std::printf("%-12s %11s %3s | %8s %6s %8s %6s | %8s %6s %8s %6s | %8s %8s\n", "shape", "NxK", "M",
+                "gemv us", "%copy", "graph us", "%copy", "cublas", "%copy", "graph us", "%copy", "auto us",
+                "graph us");
+  }
   for (const Shape& s : shapes) {
+    if (!filter.empty() && std::string(s.name).find(filter) == std::string::npos) continue;
     const int64_t wbytes = s.N * s.K * 2;
     const int copies = int(std::max<int64_t>(1, (int64_t(256) << 20) / wbytes + 1));
     std::vector<Tensor> ws;
@@ -80,25 +107,57 @@ int main(int argc, char** argv) {
     Tensor x = be->alloc(DType::BF16, {64, s.K}), out = be->alloc(DType::BF16, {64, s.N});
     cuda_fill_random(*be, x, 7, 0.0f, 1.0f, true);
     for (int64_t M : Ms) {
-      double us[2];
-      for (int p = 0; p < 2; p++) {
-        cuda_set_linear_path(*be, p == 0 ? CudaLinearPath::Gemv : CudaLinearPath::Cublas);
-        Tensor xm = x.rows(0, M), om = out.rows(0, M);
+      Tensor xm = x.rows(0, M), om = out.rows(0, M);
+      // {stream, graph} us per call of the current path.
+      auto time_path = [&](double(&us)[2]) {
         for (int i = 0; i < 3; i++) be->linear(om, xm, ws[i % copies]);
         ck(cudaEventRecord(e0, st), "rec");
         for (int i = 0; i < iters; i++) be->linear(om, xm, ws[i % copies]);
         ck(cudaEventRecord(e1, st), "rec");
-        be->synchronize();
-        float ms = 0;
-        ck(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
-        us[p] = 1e3 * ms / iters;
-      }
+        us[0] = elapsed_us(iters);
+        auto g = be->capture([&] {
+          for (int i = 0; i < iters; i++) be->linear(om, xm, ws[(i + 1) % copies]);
+        });
+        g->replay();
+        ck(cudaEventRecord(e0, st), "rec");
+        for (int r = 0; r < 3; r++) g->replay();
+        ck(cudaEventRecord(e1, st), "rec");
+        us[1] = elapsed_us(3 * iters);
+      };
       const double bytes = double(wbytes + M * s.K * 2 + M * s.N * 2);
-      auto gbs = [&](double u) { return bytes / (u * 1e-6) / 1e9; };
-      std::printf("%-12s %5lldx%-5lld %3lld | %9.2f %8.0f %5.1f%% | %9.2f %8.0f %5.1f%% | %s\n", s.name,
-                  (long long)s.N, (long long)s.K, (long long)M, us[0], gbs(us[0]),
-                  100 * gbs(us[0]) * 1e9 / bw, us[1], gbs(us[1]), 100 * gbs(us[1]) * 1e9 / bw,
-                  us[0] < us[1] ? "gemv" : "cublas");
+      auto pct = [&](double u) { return 100 * bytes / (u * 1e-6) / bw; };
+      double cub[2], gem[2], aut[2];
+      cuda_set_linear_path(*be, CudaLinearPath::Cublas);
+      time_path(cub);
+      if (sweep) {
+        std::vector<double> g(size_t(nvar)), t(size_t(nvar));
+        cuda_set_linear_path(*be, CudaLinearPath::Gemv);
+        for (int v = 0; v < nvar; v++) {
+          cuda::gemv_force_variant(v);
+          time_path(gem);
+          t[size_t(v)] = gem[0];
+          g[size_t(v)] = gem[1];
+        }
+        cuda::gemv_force_variant(-1);
+        for (int mode = 1; mode >= 0; mode--) {
+          const std::vector<double>& u = mode ? g : t;
+          const size_t best = size_t(std::min_element(u.begin(), u.end()) - u.begin());
+          std::printf("%-12s %5lldx%-5lld %3lld %s |", s.name, (long long)s.N, (long long)s.K, (long long)M,
+                      mode ? "g" : "s");
+          for (size_t v = 0; v < u.size(); v++) std::printf(" %6.2f%s", u[v], v == best ? "*" : " ");
+          std::printf("| %6.2f | v%zu %5.1f%%\n", cub[mode], best, pct(u[best]));
+        }
+        continue;
+      }
+      cuda_set_linear_path(*be, CudaLinearPath::Gemv);
+      time_path(gem);
+      cuda_set_linear_path(*be, CudaLinearPath::Auto);
+      time_path(aut);
+      std::printf(
+          "%-12s %5lldx%-5lld %3lld | %8.2f %5.1f%% %8.2f %5.1f%% | %8.2f %5.1f%% %8.2f %5.1f%% | %8.2f "
+          "%8.2f\n",
+          s.name, (long long)s.N, (long long)s.K, (long long)M, gem[0], pct(gem[0]), gem[1], pct(gem[1]),
+          cub[0], pct(cub[0]), cub[1], pct(cub[1]), aut[0], aut[1]);
     }
   }
   cuda_set_linear_path(*be, CudaLinearPath::Auto);

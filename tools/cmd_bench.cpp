@@ -74,6 +74,7 @@ void add_bench_spec_command(CLI::App& app) {
   auto max_tokens = std::make_shared<int>(128);
   auto limit = std::make_shared<int>(100);
   auto backend = std::make_shared<std::string>("auto");
+  auto load_format = std::make_shared<std::string>("auto");
   c->add_option("--model", *model, "target model directory");
   c->add_option("--assistant", *assistant, "assistant model directory");
   c->add_option("--prompts", *prompts_file,
@@ -85,10 +86,16 @@ void add_bench_spec_command(CLI::App& app) {
   c->add_option("--max-tokens", *max_tokens, "tokens generated per prompt")->check(CLI::PositiveNumber);
   c->add_option("--limit", *limit, "use at most this many prompts")->check(CLI::PositiveNumber);
   c->add_option("--backend", *backend, "auto, cpu or cuda");
+  c->add_option(
+       "--load-format", *load_format,
+       "weights: auto (the checkpoints') or dummy (seeded random, shapes from config.json; acceptance "
+       "is then meaningless, throughput is not)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
   c->callback([=] {
     std::string pf = prompts_file->empty() ? *assistant + "/acceptance_golden.json" : *prompts_file;
     std::ifstream f(pf);
-    MTP_CHECK(f.good(), "--prompts: cannot read '{}'", pf);
+    MTP_CHECK(f.good(), "--prompts: cannot read '{}'{}", pf,
+              prompts_file->empty() ? " (the assistant's default prompts; pass --prompts FILE)" : "");
     std::vector<std::vector<int32_t>> prompts;
     if (pf.size() > 5 && pf.substr(pf.size() - 5) == ".json") {
       std::stringstream ss;
@@ -111,6 +118,7 @@ void add_bench_spec_command(CLI::App& app) {
         o.model_dir = *model;
         o.assistant_dir = k > 0 ? *assistant : "";
         o.backend = *backend;
+        o.load_format = *load_format;
         o.num_draft = k;
         o.query_pos_offset = off;
         o.max_running = 32;

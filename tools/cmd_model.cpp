@@ -1,6 +1,7 @@
 // `mtpserve logits` and `mtpserve generate`: run the target on token ids (parity checks, smoke tests).
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -8,6 +9,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "engine/generate.h"
+#include "model/loader.h"
 #include "server/tokenizer.h"
 
 namespace mtpserve::cli {
@@ -15,13 +17,26 @@ namespace {
 
 struct ModelOpts {
   std::string model_dir;
+  std::string load_format = "auto";
   std::string tokens;
   int chunk = 512;
   int kv_pages = 0;  // 0: enough for the request
 };
 
+std::unique_ptr<Gemma4Model> load_model(const ModelOpts& o, Backend& be) {
+  LoadOptions lo;
+  lo.format = o.load_format;
+  lo.verbose = o.load_format == "dummy";
+  return load_target(o.model_dir, be, lo);
+}
+
 void add_model_opts(CLI::App* c, ModelOpts& o) {
-  c->add_option("--model", o.model_dir, "model directory (config.json + safetensors)")->required();
+  c->add_option("--model", o.model_dir,
+                "model directory (config.json + safetensors; config.json alone with --load-format dummy)")
+      ->required();
+  c->add_option("--load-format", o.load_format,
+                "weights: auto (the checkpoint's) or dummy (seeded random, shapes from config.json)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
   c->add_option("--chunk", o.chunk, "prefill chunk size in tokens")->check(CLI::PositiveNumber);
   c->add_option("--kv-pages", o.kv_pages, "KV pages (16 tokens each) per pool; 0 = sized for the request")
       ->check(CLI::NonNegativeNumber);
@@ -41,7 +56,7 @@ void add_logits_command(CLI::App& app) {
   c->add_option("--top", *top, "print the top-N logits per position")->check(CLI::NonNegativeNumber);
   c->callback([o, dump, top] {
     auto be = make_cpu_backend();
-    auto model = Gemma4Model::load(o->model_dir, *be);
+    auto model = load_model(*o, *be);
     auto ids = parse_token_list(o->tokens, "--tokens");
     int n = int(ids.size()), pages = o->kv_pages ? o->kv_pages : (n + kPageSize - 1) / kPageSize + 1;
     KvCache kv(*model, pages, pages);
@@ -84,10 +99,14 @@ void add_generate_command(CLI::App& app) {
   c->callback([o, max_tokens, as_json, prompt] {
     auto be = make_cpu_backend();
     auto t0 = std::chrono::steady_clock::now();
-    auto model = Gemma4Model::load(o->model_dir, *be);
+    auto model = load_model(*o, *be);
     std::optional<Tokenizer> tok;
     std::vector<int32_t> ids;
     if (!prompt->empty()) {
+      MTP_CHECK(o->load_format != "dummy" || std::filesystem::exists(o->model_dir + "/tokenizer.json"),
+                "--prompt needs {}/tokenizer.json; with --load-format dummy and a config-only directory pass "
+                "--prompt-tokens instead",
+                o->model_dir);
       tok = Tokenizer::load(o->model_dir);
       ids = tok->encode(*prompt, /*add_special_tokens=*/true);
       if (ids.empty() || ids[0] != model->config().bos_token_id)

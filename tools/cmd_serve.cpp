@@ -32,7 +32,7 @@ extern "C" void on_stop_signal(int s) {
 }
 
 struct ServeOpts {
-  std::string model, assistant, backend = "auto", kv_memory;
+  std::string model, assistant, backend = "auto", kv_memory, load_format = "auto", tokenizer, graphs = "auto";
   bool no_spec = false, check_invariants = false;
   double mem_fraction = 0.0;
   int max_running = 64, max_waiting = 256, max_batch_tokens = 2048, prefill_chunk = 512;
@@ -92,6 +92,14 @@ void add_serve_command(CLI::App& app) {
                     "when serving the bundled target)");
   c->add_flag("--no-spec", o->no_spec, "serve without speculative decoding (no assistant)")->excludes(asst);
   c->add_option("--backend", o->backend, "compute backend")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  c->add_option(
+       "--load-format", o->load_format,
+       "weights: auto (the checkpoints') or dummy (seeded random, shapes from config.json: --model and "
+       "--assistant may hold only config.json; needs a tokenizer, see --tokenizer)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
+  c->add_option(
+      "--tokenizer", o->tokenizer,
+      "directory with tokenizer.json (and chat_template.jinja) when --model has none (default: --model)");
   c->add_option("--host", o->server.host, "address to bind (default 127.0.0.1: local clients only)");
   c->add_option("--port", o->server.port, "TCP port (0: any free port; the bound one is printed)")
       ->check(CLI::Range(0, 65535));
@@ -113,6 +121,11 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0))
       ->excludes(kvm);
   c->add_option("--num-draft", o->num_draft, "MTP draft tokens per verify step")->check(CLI::Range(0, 16));
+  c->add_option(
+       "--graphs", o->graphs,
+       "decode/verify steps and the draft loop from recorded graphs: auto (where the backend has device "
+       "graphs: CUDA), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   c->add_option("--draft-topk", o->draft_topk, "draft candidates per position (>1: tree drafting)")
       ->check(CLI::PositiveNumber);
   c->add_option("--query-pos-offset", o->query_pos_offset,
@@ -138,6 +151,7 @@ void add_serve_command(CLI::App& app) {
       e.assistant_dir =
           o->assistant.empty() && bundled_target ? bundled("tiny-gemma4-assistant") : o->assistant;
     e.backend = o->backend;
+    e.load_format = o->load_format;
     e.max_running = o->max_running;
     e.max_waiting = o->max_waiting;
     e.max_batch_tokens = o->max_batch_tokens;
@@ -145,11 +159,20 @@ void add_serve_command(CLI::App& app) {
     if (!o->kv_memory.empty()) e.kv_memory_bytes = parse_bytes(o->kv_memory);
     e.mem_fraction = o->mem_fraction;
     e.num_draft = o->num_draft;
+    e.graphs = o->graphs;
     e.draft_topk = o->draft_topk;
     e.query_pos_offset = o->query_pos_offset;
     e.max_model_len = o->max_model_len;
     e.check_invariants = o->check_invariants;
     ServerOptions so = o->server;
+    so.tokenizer_dir = o->tokenizer;
+    // Fail before a long model load when the server would have no tokenizer.
+    const std::string tok_dir = o->tokenizer.empty() ? e.model_dir : o->tokenizer;
+    MTP_CHECK(fs::exists(fs::path(tok_dir) / "tokenizer.json"),
+              "{}/tokenizer.json is missing: the server needs the model's tokenizer{}", tok_dir,
+              o->tokenizer.empty()
+                  ? " (a config-only --model, as with --load-format dummy, needs --tokenizer DIR)"
+                  : "");
     so.max_body_bytes = size_t(o->max_body_mb) << 20;
     so.http_threads =
         o->http_threads > 0 ? o->http_threads : std::min(1024, o->max_running + o->max_waiting + 32);
@@ -178,8 +201,9 @@ void add_serve_command(CLI::App& app) {
     else
       fmt::print(stderr, "  speculation: MTP assistant {}, {} draft tokens, top-k {}, query offset {}\n",
                  info.assistant_dir, e.num_draft, e.draft_topk, e.query_pos_offset);
-    fmt::print(stderr, "  scheduling: max running {}, max waiting {}, batch tokens {}, prefill chunk {}\n",
-               e.max_running, e.max_waiting, e.max_batch_tokens, e.prefill_chunk);
+    fmt::print(stderr,
+               "  scheduling: max running {}, max waiting {}, batch tokens {}, prefill chunk {}, graphs {}\n",
+               e.max_running, e.max_waiting, e.max_batch_tokens, e.prefill_chunk, info.graphs ? "on" : "off");
     if (!so.api_key.empty()) fmt::print(stderr, "  auth: bearer API key required on /v1/*\n");
 
     // A signal can arrive before the server listens, when stop() has nothing to stop yet: keep stopping it

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   mtpserve::cli::add_tokenize_command(app);
   mtpserve::cli::add_render_chat_command(app);
   mtpserve::cli::add_bench_spec_command(app);
+  mtpserve::cli::add_bench_step_command(app);
   mtpserve::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 // Conventions: tensors are row-major and contiguous; "[T, H]" means T rows of H elements. Activations use
 // act_dtype() (F32 on CPU, BF16 on CUDA); weights may be BF16/F32 as stored; index tensors are I32.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,14 @@ struct KvPageTable {
   int page_size = 16;
 };
 
+// A recorded sequence of ops (a CUDA graph), replayed on the same device addresses. Its inputs are the
+// tensors the recorded ops read: update them (copy_from_host) before replay(); outputs are read after.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual void replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -48,6 +57,11 @@ class Backend {
   virtual void copy_to_host(void* dst, const Tensor& src) = 0;   // src.nbytes() bytes
   virtual void copy(Tensor dst, const Tensor& src) = 0;          // same device, same dtype and size
   virtual void fill_zero(Tensor dst) = 0;
+  // Uninitialised storage for a weight built from other weights on the device (e.g. a fused projection):
+  // exact size, outside any activation cache, freed with its last Tensor. Default: alloc().
+  virtual Tensor alloc_weight(DType dtype, std::initializer_list<int64_t> shape) {
+    return alloc(dtype, shape);
+  }
   virtual void synchronize() {}
 
   // --- elementwise and norms ---
@@ -59,6 +73,12 @@ class Backend {
   virtual void scale(Tensor out, const Tensor& x, float s) = 0;        // out = x * s
   // out[R, D] = x[R, D] * w[D] (broadcast over rows; w may be a [1] scalar tensor)
   virtual void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) = 0;
+  // Post-norm and residual add of a sub-block: x[R, D] = (x + rms_norm(o[R, D]) * w[D]) * scale, scale a [1]
+  // tensor (the layer_scalar) or undefined for 1. Rounds as rms_norm, add, mul_bcast in turn would.
+  virtual void rms_norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale) = 0;
+  // The same without scale, then the next sub-block's normed input: h[R, D] = rms_norm(new x) * hw[D].
+  virtual void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
+                                 float eps) = 0;
   // out[M, I] = gelu_tanh(gate[M, I]) * up[M, I]
   virtual void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) = 0;
   // out[M, I] = gelu_tanh(gu[M, :I]) * gu[M, I:]   (fused gate|up projection output [M, 2I])
@@ -78,6 +98,11 @@ class Backend {
   // In place on x [T, heads, D]: half-split (NeoX) rotation of pairs (j, j + D/2) by angle
   // positions[t] * inv_freq[j]  (inv_freq [D/2] F32; zero entries rotate nothing).
   virtual void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) = 0;
+  // The per-head work between the q/k/v projections and attention, in place: q[T, nh, D] =
+  // rope(rms_norm(q) * q_norm[D]); when k is defined also k[T, kvh, D] = rope(rms_norm(k) * k_norm[D]) and
+  // v[T, kvh, D] = rms_norm(v) (no weight). Rounds as rms_norm then rope would.
+  virtual void qkv_norm_rope(Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
+                             const Tensor& positions, const Tensor& inv_freq, float eps) = 0;
   // Write k, v [T, kv_heads, D] of the query rows to their cache slots (prefix_len[s] + i) of
   // k_cache, v_cache [num_slots, kv_heads, D].
   virtual void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
@@ -102,6 +127,17 @@ class Backend {
   virtual void argmax(Tensor out, const Tensor& x) = 0;
   // Cast/copy into an F32 tensor of the same shape.
   virtual void to_f32(Tensor out, const Tensor& x) = 0;
+  // out[R] I32 = ids[r, argmax_j scores[r, j]]  (scores [R, N] F32, ids [R, N] I32; first j on ties): the
+  // greedy pick among candidates, e.g. of the centroid head.
+  virtual void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) = 0;
+
+  // --- graphs ---
+  // Record `ops` (which must not copy to or from the host) into a Graph without running them. Memory that
+  // `ops` allocates belongs to the graph for its lifetime. The CPU backend records the closure itself:
+  // replay() runs it again, so graph users run the same code on both backends.
+  virtual std::unique_ptr<Graph> capture(const std::function<void()>& ops);
+  // True when capture() gives real device graphs (worth their padding to batch buckets).
+  virtual bool native_graphs() const { return false; }
 
   // --- MTP assistant ---
   // Centroid head (use_ordered_embeddings): given centroid scores [B, C] (= y @ centroids^T), take the

@@ -9,6 +9,7 @@
 // A request's counters: `tokens` = prompt + emitted output; the KV holds tokens[0, computed). Past prefill,
 // computed == tokens.size() - 1: the last emitted token (the bonus) has no KV yet.
 #include "engine/engine.h"
+#include "engine/graphs.h"
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,7 @@
 #include "engine/sampler.h"
 #include "engine/tree.h"
 #include "model/assistant.h"
+#include "model/loader.h"
 #ifdef MTPSERVE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -80,9 +82,10 @@ class EngineImpl final : public Engine {
               o.draft_topk);
     MTP_CHECK(o.num_draft_tokens >= 0, "engine: num_draft_tokens must be >= 0");
     be_ = make_backend(o.backend);
-    target_ = Gemma4Model::load(o.model_dir, *be_);
+    LoadOptions lo{.format = o.load_format, .verbose = o.load_format == "dummy"};
+    target_ = load_target(o.model_dir, *be_, lo);
     if (!o.assistant_dir.empty())
-      assistant_ = Gemma4Assistant::load(o.assistant_dir, *target_, o.query_pos_offset);
+      assistant_ = load_assistant(o.assistant_dir, *target_, o.query_pos_offset, lo);
     const TextConfig& c = target_->config();
     // KV pools from the memory budget. The sliding pool never needs more than, per running request, its
     // window plus a verify block (and page rounding), plus the step's token budget for prefill chunks: pages
@@ -112,6 +115,17 @@ class EngineImpl final : public Engine {
     info_.max_model_len = o.max_model_len > 0 ? std::min(o.max_model_len, cap) : cap;
     info_.eos_token_ids = c.eos_token_ids;
     info_.bos_token_id = c.bos_token_id;
+    MTP_CHECK(o.graphs == "auto" || o.graphs == "on" || o.graphs == "off",
+              "engine: graphs must be auto, on or off, got '{}'", o.graphs);
+    if (o.graphs == "on" || (o.graphs == "auto" && be_->native_graphs())) {
+      const int max_len = info_.max_model_len + max_block();
+      info_.graphs = true;
+      tgraphs_ =
+          std::make_unique<TargetGraphs>(*target_, kv_->storage(), kv_->pad_pages(), max_len, o.max_running);
+      if (assistant_)
+        dgraphs_ = std::make_unique<DraftGraphs>(*assistant_, *target_, kv_->storage(), kv_->pad_pages(),
+                                                 max_len, o.max_running);
+    }
     worker_ = std::thread([this] { loop(); });
   }
   ~EngineImpl() override { shutdown(); }
@@ -365,14 +379,34 @@ class EngineImpl final : public Engine {
       }
     }
     build_tree_mask(work, fb);
-    ForwardOutput o = target_->forward(fb, kv_->storage());
+    const bool graph = tgraphs_ && tgraphs_->fits(fb);
+    ForwardOutput o = graph ? tgraphs_->forward(fb) : target_->forward(fb, kv_->storage());
+    if (graph) {
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      stats_.graph_steps++;
+    }
     const int V = info_.vocab_size;
     const int64_t H = target_->config().hidden_size;
-    std::vector<float> logits(size_t(out_rows) * V), hidden(size_t(out_rows) * H);
-    if (out_rows > 0) {
-      be_->copy_to_host(logits.data(), o.logits);
-      read_act(hidden.data(), o.hidden);
+    // Greedy requests without penalties or log-probs need only each row's argmax: [R] ids leave the device
+    // instead of [R, V] logits.
+    bool top_only = true;
+    for (const Work& w : work) top_only = top_only && w.q->r.sampling.top_only();
+    std::vector<float> logits, hidden(size_t(out_rows) * H);
+    std::vector<int32_t> top;
+    if (out_rows > 0) {  // a graph's outputs have the rows of its bucket: the first out_rows are ours
+      if (top_only) {
+        Tensor ids = be_->alloc(DType::I32, {out_rows});
+        be_->argmax(ids, o.logits.rows(0, out_rows));
+        top.resize(size_t(out_rows));
+        be_->copy_to_host(top.data(), ids);
+      } else {
+        logits.resize(size_t(out_rows) * V);
+        be_->copy_to_host(logits.data(), o.logits.rows(0, out_rows));
+      }
+      read_act(hidden.data(), o.hidden.rows(0, out_rows));
     }
+    const int32_t* tops = top_only ? top.data() : nullptr;
+    auto row_ptr = [&](int r) { return top_only ? nullptr : logits.data() + size_t(r) * V; };
 
     // ---- accept, commit, emit ----
     for (Work& w : work) {
@@ -380,22 +414,23 @@ class EngineImpl final : public Engine {
       if (!w.verify) {
         q.computed += w.q_len;
         if (!w.last_chunk) continue;
-        const float* row = logits.data() + size_t(w.out0) * V;
+        const float* row = row_ptr(w.out0);
         q.seed_h.assign(hidden.begin() + size_t(w.out0) * H, hidden.begin() + size_t(w.out0 + 1) * H);
         if (q.emitted > 0) continue;  // recomputed after preemption: the next token is already the bonus
-        int32_t t = sample_token(row, V, q.r.sampling, q.pen, q.rng);
+        int32_t t = top_only ? tops[w.out0] : sample_token(row, V, q.r.sampling, q.pen, q.rng);
         q.pen.add(t);
         emit(q, {t}, {row});
       } else {
-        const float* rows = logits.data() + size_t(w.out0) * V;
+        const float* rows = row_ptr(w.out0);
+        const int32_t* wtop = top_only ? tops + w.out0 : nullptr;
         std::vector<int> path;  // block indices of the committed nodes after the root
         int32_t next;
         if (w.parent.empty()) {
-          ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng);
+          ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng, wtop);
           for (int i = 1; i <= a.accepted; i++) path.push_back(i);
           next = a.next;
         } else {
-          next = accept_tree({w.drafts, w.parent}, rows, V, q.r.sampling, q.pen, q.rng, path);
+          next = accept_tree({w.drafts, w.parent}, rows, V, q.r.sampling, q.pen, q.rng, path, wtop);
           compact_kv(q, path);
         }
         const int accepted = int(path.size());
@@ -405,7 +440,8 @@ class EngineImpl final : public Engine {
                         hidden.begin() + size_t(w.out0 + last + 1) * H);
         std::vector<int32_t> toks;
         std::vector<const float*> lrows{rows};
-        for (int b : path) toks.push_back(w.drafts[b - 1]), lrows.push_back(rows + size_t(b) * V);
+        for (int b : path)
+          toks.push_back(w.drafts[b - 1]), lrows.push_back(rows ? rows + size_t(b) * V : nullptr);
         toks.push_back(next);
         q.drafted += int(w.drafts.size());
         q.accepted += accepted;
@@ -442,6 +478,21 @@ class EngineImpl final : public Engine {
       std::copy(rows[i]->q->seed_h.begin(), rows[i]->q->seed_h.end(), h.begin() + i * Hb);
     std::vector<int32_t> tok;
     for (Work* w : rows) tok.push_back(w->q->tokens.back());
+    if (dgraphs_) {  // the whole loop in one graph; rows with a smaller k ignore the extra drafts
+      DraftRows dr;
+      dr.tokens = tok;
+      for (Work* w : rows) dr.seqs.push_back({1, w->q->computed, &w->q->pages.full, &w->q->pages.sliding});
+      if (dgraphs_->fits(dr)) {
+        std::vector<int32_t> d = dgraphs_->draft(dr, upload_act(h, {int64_t(rows.size()), Hb}), kmax);
+        {
+          std::lock_guard<std::mutex> lk(stats_mu_);
+          stats_.graph_draft_loops++;
+        }
+        for (size_t i = 0; i < rows.size(); i++)
+          for (int s = 0; s < rows[i]->k; s++) rows[i]->drafts.push_back(d[s * rows.size() + i]);
+        return;
+      }
+    }
     for (int s = 0; s < kmax; s++) {
       // Rows still drafting at this step.
       std::vector<size_t> live;
@@ -567,26 +618,16 @@ class EngineImpl final : public Engine {
     }
   }
 
-  // Greedy draft token of each row: argmax of the dense logits, or of the centroid head's candidates.
+  // Greedy draft token of each row: argmax of the dense logits, or of the centroid head's candidates, taken
+  // on the device.
   std::vector<int32_t> pick_drafts(const DraftStepOutput& o, int B) {
+    Tensor ids = be_->alloc(DType::I32, {B});
+    if (o.logits.defined())
+      be_->argmax(ids, o.logits);
+    else
+      be_->argmax_ids(ids, o.cand_scores, o.cand_ids);
     std::vector<int32_t> out(B);
-    if (o.logits.defined()) {
-      int64_t V = o.logits.dim(1);
-      std::vector<float> l(size_t(B) * V);
-      be_->copy_to_host(l.data(), o.logits);
-      for (int b = 0; b < B; b++)
-        out[b] = int32_t(std::max_element(l.begin() + b * V, l.begin() + (b + 1) * V) - (l.begin() + b * V));
-    } else {
-      int64_t N = o.cand_ids.dim(1);
-      std::vector<float> sc(size_t(B) * N);
-      std::vector<int32_t> id(size_t(B) * N);
-      be_->copy_to_host(sc.data(), o.cand_scores);
-      be_->copy_to_host(id.data(), o.cand_ids);
-      for (int b = 0; b < B; b++) {
-        auto best = std::max_element(sc.begin() + b * N, sc.begin() + (b + 1) * N);
-        out[b] = id[size_t(best - sc.begin())];
-      }
-    }
+    be_->copy_to_host(out.data(), ids);
     return out;
   }
 
@@ -756,6 +797,8 @@ class EngineImpl final : public Engine {
   std::unique_ptr<Gemma4Model> target_;
   std::unique_ptr<Gemma4Assistant> assistant_;
   std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<TargetGraphs> tgraphs_;  // set when graphs are on
+  std::unique_ptr<DraftGraphs> dgraphs_;
   ModelInfo info_;
 
   mutable std::mutex mu_;  // inbox_, cancels_, stopping_, (waiting_ size for stats)

@@ -15,9 +15,11 @@ struct EngineOptions {
   std::string model_dir;
   std::string assistant_dir;     // empty: no speculation
   std::string backend = "auto";  // auto | cpu | cuda
-  int max_running = 64;          // concurrent requests in the running set
-  int max_waiting = 256;         // bounded waiting queue (submit fails beyond it)
-  int max_batch_tokens = 2048;   // token budget of one step
+  // auto: the checkpoints' weights; dummy: seeded random weights (the directories need only config.json)
+  std::string load_format = "auto";
+  int max_running = 64;         // concurrent requests in the running set
+  int max_waiting = 256;        // bounded waiting queue (submit fails beyond it)
+  int max_batch_tokens = 2048;  // token budget of one step
   int prefill_chunk = 512;
   int64_t kv_memory_bytes = 0;  // 0: derive from --mem-fraction or a default
   double mem_fraction = 0.0;
@@ -27,6 +29,9 @@ struct EngineOptions {
   int query_pos_offset = 1;       // assistant query position: committed_len - 1 + offset
   int max_model_len = 0;          // 0: the model's max_position_embeddings (capped by KV capacity)
   bool check_invariants = false;  // run the KV pool checker after every step (tests)
+  // Decode/verify steps and the chain draft loop through recorded graphs: "auto" where the backend has
+  // device graphs (CUDA), "on" everywhere (the CPU replays the recorded code: for tests), "off".
+  std::string graphs = "auto";
 };
 
 struct EngineStats {
@@ -35,6 +40,7 @@ struct EngineStats {
   int64_t prompt_tokens = 0, generation_tokens = 0;
   int64_t drafted_tokens = 0, accepted_tokens = 0, verify_steps = 0;
   int64_t requests_finished = 0, preemptions = 0;
+  int64_t graph_steps = 0, graph_draft_loops = 0;  // target forwards and draft loops replayed from graphs
   // Per draft depth d (0 = first draft token): verify blocks that proposed a token at depth d, and those in
   // which it was accepted. accepted_at[d] / drafted_at[d] is the per-position acceptance.
   std::vector<int64_t> drafted_at, accepted_at;
@@ -46,6 +52,7 @@ struct ModelInfo {
   int64_t kv_capacity_tokens = 0;
   std::vector<int32_t> eos_token_ids;
   int bos_token_id = 2;
+  bool graphs = false;  // decode/verify steps (and the draft loop) replay recorded graphs
 };
 
 class Engine {

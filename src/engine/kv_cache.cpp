@@ -23,7 +23,7 @@ void PagePool::release(int p) {
 }
 
 KvCache::KvCache(const Gemma4Model& m, int full_pages, int sliding_pages)
-    : storage_(m.allocate_kv(full_pages, sliding_pages)),
+    : storage_(m.allocate_kv(full_pages + 1, sliding_pages + 1)),  // + the pad pages
       full_(full_pages),
       sliding_(sliding_pages),
       window_(m.config().sliding_window) {}

@@ -36,6 +36,9 @@ class KvCache {
   PagePool& full_pool() { return full_; }
   PagePool& sliding_pool() { return sliding_; }
   int sliding_window() const { return window_; }
+  // One page per pool outside the pools (the last page of the storage): padding rows of graph batches
+  // write their KV there, so they never touch a request's pages.
+  PadPages pad_pages() const { return {full_.capacity(), sliding_.capacity()}; }
 
   // Pages needed to grow `s` to hold `slots` slots (both pools), without allocating.
   int pages_needed(const SeqPages& s, int slots, LayerType t) const;

@@ -22,6 +22,10 @@ struct SamplingParams {
   bool want_logprobs = false;  // log-prob of each emitted token
   int top_logprobs = 0;        // and this many best alternatives
   bool greedy() const { return temperature <= 0.0f || top_k == 1; }
+  // The next token is the plain argmax and no log-probs are wanted: the logits need not leave the device.
+  bool top_only() const {
+    return greedy() && presence_penalty == 0.0f && frequency_penalty == 0.0f && !want_logprobs;
+  }
 };
 
 // Per-request speculation control (an extension field of the HTTP API).

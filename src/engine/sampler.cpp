@@ -114,12 +114,13 @@ TokenLogprob token_logprob(const float* logits, int V, int32_t tok, int top) {
 }
 
 ChainAccept accept_chain(const float* logits, int V, const int32_t* drafts, int k, const SamplingParams& sp,
-                         PenaltyState& pen, Rng& rng) {
+                         PenaltyState& pen, Rng& rng, const int32_t* top) {
+  MTP_ASSERT(!top || sp.top_only());
   ChainAccept r;
   for (int i = 0; i <= k; i++) {
-    const float* row = logits + size_t(i) * V;
+    const float* row = top ? nullptr : logits + size_t(i) * V;
     if (sp.greedy()) {
-      int32_t t = greedy_token(row, V, sp, pen);
+      int32_t t = top ? top[i] : greedy_token(row, V, sp, pen);
       if (i < k && t == drafts[i]) {
         pen.add(t);
         r.accepted++;

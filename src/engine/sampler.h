@@ -48,7 +48,9 @@ struct ChainAccept {
   int accepted = 0;   // drafts accepted (0..k)
   int32_t next = -1;  // the token that follows them (correction or bonus)
 };
+// `top` (optional): each row's argmax computed on the device, for greedy requests without penalties
+// (top_only()); `logits` is then not read and may be null.
 ChainAccept accept_chain(const float* logits, int V, const int32_t* drafts, int k, const SamplingParams& sp,
-                         PenaltyState& pen, Rng& rng);
+                         PenaltyState& pen, Rng& rng, const int32_t* top = nullptr);
 
 }  // namespace mtpserve

@@ -35,11 +35,14 @@ TreeBlock select_tree(const std::vector<DraftNode>& nodes, int want) {
 }
 
 int32_t accept_tree(const TreeBlock& t, const float* rows, int V, const SamplingParams& sp, PenaltyState& pen,
-                    Rng& rng, std::vector<int>& path) {
+                    Rng& rng, std::vector<int>& path, const int32_t* top) {
+  MTP_ASSERT(!top || sp.top_only());
   int cur = 0;
   for (;;) {
-    const float* row = rows + size_t(cur) * V;
-    int32_t x = sp.greedy() ? greedy_token(row, V, sp, pen) : sample_from(target_probs(row, V, sp, pen), rng);
+    const float* row = top ? nullptr : rows + size_t(cur) * V;
+    int32_t x = top           ? top[cur]
+                : sp.greedy() ? greedy_token(row, V, sp, pen)
+                              : sample_from(target_probs(row, V, sp, pen), rng);
     pen.add(x);
     int child = -1;
     for (size_t i = 0; i < t.parent.size(); i++)

@@ -33,9 +33,10 @@ TreeBlock select_tree(const std::vector<DraftNode>& nodes, int want);
 // Greedy: follow the child equal to the target's choice. Sampled: draw x from the target distribution at the
 // current node; if x is a child move there, else x is the correction token — inverse-CDF sampling over
 // [children..., rest], so the emitted tokens have exactly the target's distribution. Appends the accepted
-// block indices to `path`, advances `pen`, and returns the token that follows them.
+// block indices to `path`, advances `pen`, and returns the token that follows them. `top`: as for
+// accept_chain.
 int32_t accept_tree(const TreeBlock& t, const float* rows, int V, const SamplingParams& sp, PenaltyState& pen,
-                    Rng& rng, std::vector<int>& path);
+                    Rng& rng, std::vector<int>& path, const int32_t* top = nullptr);
 
 // Top-t (token, log-prob) of each of the B rows of an assistant step: log-softmax over the vocabulary (dense
 // head), or over the centroid head's candidates (every other token at -inf).

@@ -104,14 +104,12 @@ Gemma4Assistant::Gemma4Assistant(AssistantConfig cfg, AssistantWeights w, const 
             a.sliding_window, t.sliding_window);
   inv_freq_sliding_ = target.inv_freq(LayerType::Sliding);
   inv_freq_full_ = target.inv_freq(LayerType::Full);
+  for (LayerWeights& lw : w_.layers) fuse_gate_up(target.backend(), lw);
 }
 
 DraftStepOutput Gemma4Assistant::step(const DraftRows& rows, const Tensor& h, KvStorage& kv) const {
   Backend& be = target_.backend();
-  const TextConfig& a = cfg_.text;
-  const DType act = be.act_dtype();
-  const int64_t B = int64_t(rows.tokens.size()), Hb = cfg_.backbone_hidden_size, Ha = a.hidden_size;
-  const int64_t V = a.vocab_size;
+  const int64_t B = int64_t(rows.tokens.size()), Hb = cfg_.backbone_hidden_size;
   MTP_CHECK(B > 0 && h.dim(0) == B && h.dim(1) == Hb, "assistant step: h must be [{}, {}], got {}", B, Hb,
             h.shape_str());
   // Read-only queries at one constant position per row: committed_len - 1 + offset.
@@ -120,7 +118,16 @@ DraftStepOutput Gemma4Assistant::step(const DraftRows& rows, const Tensor& h, Kv
   fb.seqs = rows.seqs;
   for (const SeqBatchEntry& e : rows.seqs)
     for (int i = 0; i < e.q_len; i++) fb.positions.push_back(e.prefix_len - 1 + offset_);
-  DeviceMeta meta = upload_meta(be, fb, /*block_keys=*/false);
+  return step_device(upload_meta(be, fb, /*block_keys=*/false), h, kv);
+}
+
+DraftStepOutput Gemma4Assistant::step_device(const DeviceMeta& meta, const Tensor& h, KvStorage& kv) const {
+  Backend& be = target_.backend();
+  const TextConfig& a = cfg_.text;
+  const DType act = be.act_dtype();
+  const int64_t B = meta.tokens.numel(), Hb = cfg_.backbone_hidden_size, Ha = a.hidden_size;
+  const int64_t V = a.vocab_size;
+  MTP_ASSERT(B > 0 && h.dim(0) == B && h.dim(1) == Hb && !meta.attn.block_keys);
 
   // x = pre_projection(concat(target_embed(tok) * bf16(sqrt(Hb)), h))                     x: [B, Ha]
   Tensor both = be.alloc(act, {2, B, Hb});

@@ -54,6 +54,9 @@ class Gemma4Assistant {
   // One drafting step for all rows. `h` [B, Hb] is the recurrent state (the target's post-norm hidden at the
   // last committed position for the first step). Query position: committed_len - 1 + query_pos_offset.
   DraftStepOutput step(const DraftRows& rows, const Tensor& h, KvStorage& target_kv) const;
+  // The device part of step(): `meta` from upload_meta(..., block_keys=false) of the rows' batch (tokens =
+  // the rows' input tokens, positions = committed_len - 1 + offset). Only device ops: graph-recordable.
+  DraftStepOutput step_device(const DeviceMeta& meta, const Tensor& h, KvStorage& target_kv) const;
 
  private:
   AssistantConfig cfg_;

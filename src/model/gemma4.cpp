@@ -21,53 +21,109 @@ std::vector<float> rope_inv_freq(const RopeParams& p, int D) {
   return inv;
 }
 
-DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys) {
-  const int S = int(b.seqs.size()), T = int(b.positions.size());
-  MTP_ASSERT(S > 0 && T > 0);
-  std::vector<int32_t> cu(S + 1, 0), prefix(S);
-  int max_q = 0, max_full = 1, max_slide = 1;
+MetaDims meta_dims(const ForwardBatch& b) {
+  MetaDims d;
+  d.S = int(b.seqs.size());
+  d.T = int(b.positions.size());
+  d.R = int(b.output_rows.size());
+  d.tokens = !b.tokens.empty();
+  for (const SeqBatchEntry& e : b.seqs) {
+    d.max_q = std::max(d.max_q, e.q_len);
+    if (e.full_pages) d.full_width = std::max(d.full_width, int(e.full_pages->size()));
+    if (e.sliding_pages) d.sliding_width = std::max(d.sliding_width, int(e.sliding_pages->size()));
+  }
+  if (!b.tree_mask.empty()) d.mask_q = b.tree_max_q;
+  return d;
+}
+
+// Packed layout, in I32 words: cu_q [S+1], prefix_len [S], positions [T], full pages [S, Wf], sliding pages
+// [S, Ws], tokens [T] (if any), output rows [R], then the tree mask [T, mask_q] as bytes.
+static int64_t meta_words(const MetaDims& d) {
+  int64_t n =
+      (d.S + 1) + d.S + d.T + int64_t(d.S) * (d.full_width + d.sliding_width) + (d.tokens ? d.T : 0) + d.R;
+  return n + (int64_t(d.T) * d.mask_q + 3) / 4;
+}
+
+void pack_meta(const ForwardBatch& b, const MetaDims& d, std::vector<int32_t>& words) {
+  const MetaDims nat = meta_dims(b);
+  const int S = nat.S, T = nat.T;
+  MTP_CHECK(
+      S == d.S && T == d.T && nat.R == d.R && nat.tokens == d.tokens && nat.max_q <= d.max_q &&
+          nat.full_width <= d.full_width && nat.sliding_width <= d.sliding_width && nat.mask_q == d.mask_q,
+      "forward batch: {} sequences / {} rows do not fit the metadata layout of {} / {}", S, T, d.S, d.T);
+  MTP_CHECK(S > 0 && T > 0, "forward batch: no sequences");
+  words.assign(size_t(meta_words(d)), 0);
+  int32_t* w = words.data();
+  int32_t* cu = w;
+  int32_t* prefix = cu + S + 1;
+  int32_t* pos = prefix + S;
+  int32_t* full = pos + T;
+  int32_t* slide = full + int64_t(S) * d.full_width;
+  int32_t* tok = slide + int64_t(S) * d.sliding_width;
+  int32_t* rows = tok + (d.tokens ? T : 0);
+  uint8_t* mask = reinterpret_cast<uint8_t*>(rows + d.R);
   for (int s = 0; s < S; s++) {
     const SeqBatchEntry& e = b.seqs[s];
     cu[s + 1] = cu[s] + e.q_len;
     prefix[s] = e.prefix_len;
-    max_q = std::max(max_q, e.q_len);
-    if (e.full_pages) max_full = std::max(max_full, int(e.full_pages->size()));
-    if (e.sliding_pages) max_slide = std::max(max_slide, int(e.sliding_pages->size()));
+    int32_t* f = full + int64_t(s) * d.full_width;
+    int32_t* g = slide + int64_t(s) * d.sliding_width;
+    std::fill(f, f + d.full_width, -1);
+    std::fill(g, g + d.sliding_width, -1);
+    if (e.full_pages) std::copy(e.full_pages->begin(), e.full_pages->end(), f);
+    if (e.sliding_pages) std::copy(e.sliding_pages->begin(), e.sliding_pages->end(), g);
   }
   MTP_CHECK(cu[S] == T, "forward batch: sequences cover {} rows but {} positions were given", cu[S], T);
-  auto table = [&](int width, bool full) {
-    std::vector<int32_t> t(size_t(S) * width, -1);
-    for (int s = 0; s < S; s++) {
-      const auto* pages = full ? b.seqs[s].full_pages : b.seqs[s].sliding_pages;
-      if (pages) std::copy(pages->begin(), pages->end(), t.begin() + size_t(s) * width);
-    }
-    return t;
-  };
-  auto up = [&](const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
-    Tensor t = be.alloc(DType::I32, shape);
-    be.copy_from_host(t, v.data());
+  std::copy(b.positions.begin(), b.positions.end(), pos);
+  if (d.tokens) std::copy(b.tokens.begin(), b.tokens.end(), tok);
+  std::copy(b.output_rows.begin(), b.output_rows.end(), rows);
+  if (d.mask_q) {
+    MTP_CHECK(b.tree_max_q >= nat.max_q && b.tree_mask.size() == size_t(T) * b.tree_max_q,
+              "forward batch: tree mask must be [T, max_q]");
+    std::copy(b.tree_mask.begin(), b.tree_mask.end(), mask);
+  }
+}
+
+DeviceMeta meta_views(const Tensor& buf, const MetaDims& d, bool block_keys) {
+  MTP_ASSERT(buf.dtype == DType::I32 && buf.numel() >= meta_words(d));
+  int64_t at = 0;
+  auto take = [&](std::initializer_list<int64_t> shape) {
+    Tensor t = buf;
+    t.data = buf.ptr<int32_t>() + at;
+    t.set_shape(shape);
+    at += t.numel();
     return t;
   };
   DeviceMeta m;
-  m.attn.num_seqs = S;
+  m.attn.num_seqs = d.S;
   m.attn.block_keys = block_keys;
-  m.attn.cu_q = up(cu, {S + 1});
-  m.attn.prefix_len = up(prefix, {S});
-  m.attn.positions = up(b.positions, {T});
-  if (!b.tree_mask.empty()) {
-    MTP_CHECK(b.tree_max_q >= max_q && b.tree_mask.size() == size_t(T) * b.tree_max_q,
-              "forward batch: tree mask must be [T, max_q]");
-    m.attn.max_q = b.tree_max_q;
-    m.attn.tree_mask = be.alloc(DType::U8, {T, b.tree_max_q});
-    be.copy_from_host(m.attn.tree_mask, b.tree_mask.data());
-  } else {
-    m.attn.max_q = max_q;
-  }
-  m.full.pages = up(table(max_full, true), {S, max_full});
-  m.sliding.pages = up(table(max_slide, false), {S, max_slide});
+  m.attn.max_q = d.mask_q ? d.mask_q : d.max_q;
+  m.attn.cu_q = take({d.S + 1});
+  m.attn.prefix_len = take({d.S});
+  m.attn.positions = take({d.T});
+  m.full.pages = take({d.S, d.full_width});
+  m.sliding.pages = take({d.S, d.sliding_width});
   m.full.page_size = m.sliding.page_size = kPageSize;
-  if (!b.tokens.empty()) m.tokens = up(b.tokens, {int64_t(b.tokens.size())});
+  if (d.tokens) m.tokens = take({d.T});
+  if (d.R) m.output_rows = take({d.R});
+  if (d.mask_q) {
+    m.attn.tree_mask = buf;
+    m.attn.tree_mask.data = buf.ptr<int32_t>() + at;
+    m.attn.tree_mask.dtype = DType::U8;
+    m.attn.tree_mask.set_shape({d.T, d.mask_q});
+  }
   return m;
+}
+
+Tensor alloc_meta(Backend& be, const MetaDims& d) { return be.alloc(DType::I32, {meta_words(d)}); }
+
+DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys) {
+  MetaDims d = meta_dims(b);
+  std::vector<int32_t> words;
+  pack_meta(b, d, words);
+  Tensor buf = alloc_meta(be, d);
+  be.copy_from_host(buf, words.data());  // one transfer for the whole batch
+  return meta_views(buf, d, block_keys);
 }
 
 void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
@@ -82,35 +138,34 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
 
   // --- attention: q/k/v projections, per-head RMSNorm (v without weight), RoPE on q and k ---
   be.rms_norm(h, x, lw.input_layernorm, eps);
-  Tensor q = be.alloc(act, {T, nh, D});
+  Tensor q = be.alloc(act, {T, nh, D}), k, v;  // k, v: only on KV-owning layers
   be.linear(q.view({T, nh * D}), h, lw.q_proj);
-  be.rms_norm(q, q, lw.q_norm, eps);
-  be.rope(q, ctx.attn->positions, *ctx.inv_freq);
   if (s.stores_kv) {
-    Tensor k = be.alloc(act, {T, kvh, D}), v = be.alloc(act, {T, kvh, D});
+    k = be.alloc(act, {T, kvh, D});
+    v = be.alloc(act, {T, kvh, D});
     be.linear(k.view({T, kvh * D}), h, lw.k_proj);
     if (s.has_v_proj)
       be.linear(v.view({T, kvh * D}), h, lw.v_proj);
     else
       be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
-    be.rms_norm(k, k, lw.k_norm, eps);
-    be.rope(k, ctx.attn->positions, *ctx.inv_freq);
-    be.rms_norm(v, v, Tensor(), eps);
-    be.kv_write(ctx.k_cache, ctx.v_cache, k, v, *ctx.attn, *ctx.pages);
   }
+  be.qkv_norm_rope(q, k, v, lw.q_norm, lw.k_norm, ctx.attn->positions, *ctx.inv_freq, eps);
+  if (s.stores_kv) be.kv_write(ctx.k_cache, ctx.v_cache, k, v, *ctx.attn, *ctx.pages);
   Tensor attn = be.alloc(act, {T, nh, D});
   be.attention(attn, q, ctx.k_cache, ctx.v_cache, *ctx.attn, *ctx.pages, ctx.window);
   be.linear(o, attn.view({T, nh * D}), lw.o_proj);
-  be.rms_norm(o, o, lw.post_attention_layernorm, eps);
-  be.add(x, x, o);  // x = residual + post_attention_layernorm(attn_out)
+  // x = residual + post_attention_layernorm(attn_out); h = pre_feedforward_layernorm(x)
+  be.rms_norm_add_norm(x, h, o, lw.post_attention_layernorm, lw.pre_feedforward_layernorm, eps);
 
   // --- feed-forward: gated GELU MLP, plus the MoE block in parallel on the same residual ---
-  be.rms_norm(h, x, lw.pre_feedforward_layernorm, eps);
-  Tensor gate = be.alloc(act, {T, I}), up = be.alloc(act, {T, I});
-  be.linear(gate, h, lw.gate_proj);
-  be.linear(up, h, lw.up_proj);
-  be.gelu_mul(gate, gate, up);
-  be.linear(o, gate, lw.down_proj);
+  MTP_ASSERT(!lw.up_proj.defined());  // gate_proj holds [gate | up] (fuse_gate_up)
+  Tensor a = be.alloc(act, {T, I});
+  {
+    Tensor gate_up = be.alloc(act, {T, 2 * I});
+    be.linear(gate_up, h, lw.gate_proj);
+    be.gelu_mul_fused(a, gate_up);
+  }
+  be.linear(o, a, lw.down_proj);
   if (c.enable_moe_block) {
     const int64_t E = c.num_experts, K = c.top_k_experts;
     be.rms_norm(o, o, lw.post_feedforward_layernorm_1, eps);  // h1
@@ -129,8 +184,8 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
     be.rms_norm(moe, moe, lw.post_feedforward_layernorm_2, eps);  // h2
     be.add(o, o, moe);
   }
-  be.rms_norm(o, o, lw.post_feedforward_layernorm, eps);
-  be.add(x, x, o);
+  // The whole residual stream is scaled by layer_scalar, folded into the layer's last residual add.
+  be.rms_norm_add(x, o, lw.post_feedforward_layernorm, eps, P > 0 ? Tensor() : lw.layer_scalar);
 
   // --- per-layer embedding gate, after the FFN residual ---
   if (P > 0) {
@@ -139,10 +194,30 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
     be.linear(g, x, lw.per_layer_input_gate);
     be.gelu_mul(g, g, ctx.ple);
     be.linear(o, g, lw.per_layer_projection);
-    be.rms_norm(o, o, lw.post_per_layer_input_norm, eps);
-    be.add(x, x, o);
+    be.rms_norm_add(x, o, lw.post_per_layer_input_norm, eps, lw.layer_scalar);
   }
-  be.mul_bcast(x, x, lw.layer_scalar);  // the whole residual stream is scaled
+}
+
+void fuse_gate_up(Backend& be, LayerWeights& lw) {
+  if (!lw.up_proj.defined()) return;  // already fused
+  const Tensor &gate = lw.gate_proj, &up = lw.up_proj;
+  MTP_CHECK(gate.ndim == 2 && up.ndim == 2 && gate.dim(0) == up.dim(0) && gate.dim(1) == up.dim(1),
+            "mlp: gate_proj {} and up_proj {} differ in shape", gate.shape_str(), up.shape_str());
+  const int64_t I = gate.dim(0), H = gate.dim(1);
+  const DType dt = gate.dtype == up.dtype ? gate.dtype : DType::F32;  // mixed storage: widen both
+  Tensor gate_up = be.alloc_weight(dt, {2 * I, H});
+  int64_t row = 0;
+  for (const Tensor* src : {&gate, &up}) {
+    Tensor dst = gate_up.rows(row, row + I);
+    if (src->dtype == dt)
+      be.copy(dst, *src);
+    else
+      be.to_f32(dst, *src);
+    row += I;
+  }
+  be.synchronize();        // the copies have read gate and up before they are released
+  lw.gate_proj = gate_up;  // the separate tensors go with their last reference
+  lw.up_proj = Tensor();
 }
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& be) {
@@ -170,6 +245,7 @@ Gemma4Model::Gemma4Model(ModelConfig cfg, TargetWeights w, Backend& be)
   inv_freq_full_ = upload_f32(rope_inv_freq(c.rope_full, c.global_head_dim));
   float s = float(std::sqrt(double(c.hidden_size)));
   embed_scale_ = be_.act_dtype() == DType::BF16 ? round_bf16(s) : s;
+  for (LayerWeights& lw : w_.layers) fuse_gate_up(be_, lw);
 }
 
 KvStorage Gemma4Model::allocate_kv(int full_pages, int sliding_pages) const {
@@ -191,16 +267,22 @@ KvStorage Gemma4Model::allocate_kv(int full_pages, int sliding_pages) const {
 
 ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) const {
   const TextConfig& c = cfg_.text;
-  Backend& be = be_;
-  const DType act = be.act_dtype();
-  const int64_t T = int64_t(batch.tokens.size()), H = c.hidden_size;
-  const int64_t L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
-  const float eps = float(c.rms_norm_eps);
+  const int64_t T = int64_t(batch.tokens.size());
   MTP_CHECK(T > 0 && batch.positions.size() == size_t(T), "forward: need as many positions as tokens");
   for (int32_t id : batch.tokens)
     MTP_CHECK(id >= 0 && id < c.vocab_size, "forward: token id {} is outside the vocabulary [0, {})", id,
               c.vocab_size);
-  DeviceMeta meta = upload_meta(be, batch, /*block_keys=*/true);
+  return forward_device(upload_meta(be_, batch, /*block_keys=*/true), kv);
+}
+
+ForwardOutput Gemma4Model::forward_device(const DeviceMeta& meta, KvStorage& kv) const {
+  const TextConfig& c = cfg_.text;
+  Backend& be = be_;
+  const DType act = be.act_dtype();
+  const int64_t T = meta.tokens.numel(), H = c.hidden_size;
+  const int64_t L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
+  const float eps = float(c.rms_norm_eps);
+  MTP_ASSERT(meta.tokens.defined() && T > 0);
 
   // Scaled token embedding: x0 = E[ids] * bf16(sqrt(H))                                     x: [T, H]
   Tensor x = be.alloc(act, {T, H});
@@ -238,13 +320,11 @@ ForwardOutput Gemma4Model::forward(const ForwardBatch& batch, KvStorage& kv) con
   }
 
   // Final norm on the requested rows, tied head, final softcap.
-  const int64_t R = int64_t(batch.output_rows.size());
   ForwardOutput out;
-  if (R == 0) return out;
-  Tensor rows = be.alloc(DType::I32, {R});
-  be.copy_from_host(rows, batch.output_rows.data());
+  if (!meta.output_rows.defined()) return out;
+  const int64_t R = meta.output_rows.numel();
   Tensor xr = be.alloc(act, {R, H});
-  be.gather_rows(xr, x, rows);
+  be.gather_rows(xr, x, meta.output_rows);
   out.hidden = be.alloc(act, {R, H});
   be.rms_norm(out.hidden, xr, w_.norm, eps);
   Tensor logits = be.alloc(act, {R, c.vocab_size});

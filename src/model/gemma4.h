@@ -40,18 +40,38 @@ struct ForwardBatch {
   std::vector<int32_t> output_rows;  // rows whose logits (and hidden) are returned
 };
 
+// Page ids (one per pool) that padding sequences of graph batches may write to.
+struct PadPages {
+  int32_t full = -1, sliding = -1;
+};
+
 struct ForwardOutput {
   Tensor logits;  // [R, V] F32 on the backend device, after the final softcap
   Tensor hidden;  // [R, H] act dtype: post-final-norm hidden (what the MTP assistant consumes)
 };
 
-// Upload host-side attention metadata for a batch (shared with the assistant, which reuses the target's
-// KV pages). `block_keys` false = read-only queries.
+// Attention metadata of a batch on the device (shared with the assistant, which reuses the target's KV
+// pages). All of it lives in one I32 buffer, uploaded in one transfer.
 struct DeviceMeta {
   AttnMeta attn;
   KvPageTable full, sliding;
-  Tensor tokens;  // [T] I32
+  Tensor tokens;       // [T] I32 (undefined when the batch has no tokens)
+  Tensor output_rows;  // [R] I32 rows whose logits/hidden are returned
 };
+// Sizes of the packed metadata. A batch packs into any layout at least as wide (page tables are padded with
+// -1), so a CUDA graph can keep one layout for many batches.
+struct MetaDims {
+  int S = 0, T = 0, R = 0;                // sequences, query rows, output rows
+  int max_q = 0;                          // largest q_len
+  int full_width = 1, sliding_width = 1;  // page table widths
+  int mask_q = 0;                         // tree mask row width (0: no mask)
+  bool tokens = false;
+};
+MetaDims meta_dims(const ForwardBatch& b);
+void pack_meta(const ForwardBatch& b, const MetaDims& d, std::vector<int32_t>& words);  // host image
+Tensor alloc_meta(Backend& be, const MetaDims& d);                                      // device buffer
+DeviceMeta meta_views(const Tensor& buf, const MetaDims& d, bool block_keys);
+// pack + alloc + one copy + views. `block_keys` false = read-only queries.
 DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys);
 
 // What one decoder layer reads besides its weights. The target and the assistant run the same layer code.
@@ -64,9 +84,15 @@ struct LayerContext {
   Tensor ple;                          // [T, P] per-layer input, undefined without PLE
 };
 
-// One Gemma4TextDecoderLayer on the residual stream x [T, H] (gemma4-architecture.md §2.9), in place.
+// One Gemma4TextDecoderLayer on the residual stream x [T, H] (gemma4-architecture.md §2.9), in place. `lw`
+// has its MLP's gate and up projections fused (fuse_gate_up).
 void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
                    const LayerContext& ctx);
+
+// Replaces gate_proj [I, H] and up_proj [I, H] by their concatenation [gate | up] [2I, H] in gate_proj
+// (up_proj undefined), so the MLP runs one projection; the separate tensors are released. Both models do this
+// once at construction; a no-op when already fused.
+void fuse_gate_up(Backend& be, LayerWeights& lw);
 
 // Inverse RoPE frequencies [D/2] for one layer type (default, or proportional with partial rotation).
 std::vector<float> rope_inv_freq(const RopeParams& p, int head_dim);
@@ -88,6 +114,8 @@ class Gemma4Model {
 
   KvStorage allocate_kv(int full_pages, int sliding_pages) const;
   ForwardOutput forward(const ForwardBatch& batch, KvStorage& kv) const;
+  // The device part of forward(): only device ops (no host transfers), so it can be recorded into a graph.
+  ForwardOutput forward_device(const DeviceMeta& meta, KvStorage& kv) const;
 
  private:
   ModelConfig cfg_;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <set>
+#include <thread>
+#include <type_traits>
 
 namespace mtpserve {
 
@@ -31,32 +33,74 @@ uint64_t hash_name(const std::string& s) {
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+// The value of element i of a tensor whose stream starts at `s0`: every element draws `per` numbers (2 for a
+// normal, 1 for a uniform) from one splitmix64 stream, so element i starts at state s0 + per * i * gamma and
+// any range of elements can be generated independently, with the values of a serial pass.
+template <typename T>
+void fill_dummy_range(T* out, int64_t begin, int64_t end, uint64_t s0, int kind, double sd) {
+  const int per = kind == 0 ? 2 : 1;
+  for (int64_t i = begin; i < end; i++) {
+    Rng rng{s0 + uint64_t(per) * uint64_t(i) * 0x9e3779b97f4a7c15ull};
+    double v = kind == 2   ? 0.5 + 0.5 * rng.uniform()
+               : kind == 1 ? 1.0 + 0.2 * (2 * rng.uniform() - 1)
+                           : sd * rng.normal();
+    if constexpr (std::is_same_v<T, uint16_t>)
+      out[i] = f32_to_bf16(float(v));
+    else
+      out[i] = float(v);
+  }
+}
 }  // namespace
 
 Tensor WeightBinder::make_dummy(const std::string& name, std::initializer_list<int64_t> shape) {
   Tensor t(nullptr, dummy_->dtype, shape);
-  auto buf = std::shared_ptr<void>(std::malloc(std::max<size_t>(t.nbytes(), 1)), std::free);
-  t.data = buf.get();
-  t.holder = buf;
-  Rng rng{dummy_->seed ^ hash_name(name)};
-  // Scale by the tensor's role, so activations stay O(1) through the stack as in a trained model.
+  // Scale by the tensor's role, so activations stay O(1) through the stack as in a trained model: linear
+  // weights and embeddings ~ N(0, 1/fan_in) (kind 0), norm gains 1 +- 0.2 (kind 1), layer_scalar [0.5, 1]
+  // (kind 2).
   bool norm = ends_with(name, "norm.weight") || ends_with(name, "router.scale") ||
               ends_with(name, "per_expert_scale");
   bool scalar = ends_with(name, "layer_scalar");
-  bool embed = name.find("embed_tokens") != std::string::npos;
-  int64_t fan_in = t.dim(-1);
-  double std = embed ? 1.0 / std::sqrt(double(fan_in)) : 1.0 / std::sqrt(double(fan_in));
-  for (int64_t i = 0; i < t.numel(); i++) {
-    double v = scalar ? 0.5 + 0.5 * rng.uniform()
-               : norm ? 1.0 + 0.2 * (2 * rng.uniform() - 1)
-                      : std * rng.normal();
-    if (t.dtype == DType::BF16)
-      t.ptr<uint16_t>()[i] = f32_to_bf16(float(v));
+  const int kind = scalar ? 2 : norm ? 1 : 0;
+  const double sd = 1.0 / std::sqrt(double(t.dim(-1)));
+  const uint64_t s0 = dummy_->seed ^ hash_name(name);
+  dummy_->bytes += int64_t(t.nbytes());
+  if (dummy_->device_alloc && dummy_->device_fill) {
+    Tensor d = dummy_->device_alloc(t.dtype, t.numel());
+    d.set_shape(shape);
+    if (kind == 0)
+      dummy_->device_fill(d, s0, 0.0f, float(sd), true);
+    else if (kind == 1)
+      dummy_->device_fill(d, s0, 1.0f, 0.2f, false);
     else
-      t.ptr<float>()[i] = float(v);
+      dummy_->device_fill(d, s0, 0.75f, 0.25f, false);
+    if (dummy_->progress) dummy_->progress(prefix_ + name);
+    return d;
   }
-  dummy_->generated.emplace_back(prefix_ + name, t);
-  return t;
+  auto buf = std::shared_ptr<void>(std::malloc(std::max<size_t>(t.nbytes(), 1)), std::free);
+  MTP_CHECK(buf, "dummy weights: cannot allocate {} bytes of host memory for '{}'", t.nbytes(), name);
+  t.data = buf.get();
+  t.holder = buf;
+  const int64_t n = t.numel();
+  auto run = [&](int64_t b, int64_t e) {
+    if (t.dtype == DType::BF16)
+      fill_dummy_range(t.ptr<uint16_t>(), b, e, s0, kind, sd);
+    else
+      fill_dummy_range(t.ptr<float>(), b, e, s0, kind, sd);
+  };
+  const int64_t nthreads =
+      std::min<int64_t>({int64_t(std::max(1u, std::thread::hardware_concurrency())), 64, n >> 18});
+  if (nthreads <= 1) {
+    run(0, n);
+  } else {
+    std::vector<std::thread> pool;
+    for (int64_t k = 0; k < nthreads; k++) pool.emplace_back(run, n * k / nthreads, n * (k + 1) / nthreads);
+    for (auto& th : pool) th.join();
+  }
+  if (dummy_->record) dummy_->generated.emplace_back(prefix_ + name, t);
+  Tensor up = be_.upload_weight(t);
+  if (dummy_->progress) dummy_->progress(prefix_ + name);
+  return up;
 }
 
 Tensor WeightBinder::get_permutation(const std::string& name, int64_t n) {
@@ -69,7 +113,7 @@ Tensor WeightBinder::get_permutation(const std::string& name, int64_t n) {
   for (int64_t i = 0; i < n; i++) t.ptr<int64_t>()[i] = i;
   for (int64_t i = n - 1; i > 0; i--)
     std::swap(t.ptr<int64_t>()[i], t.ptr<int64_t>()[rng.next() % uint64_t(i + 1)]);
-  dummy_->generated.emplace_back(prefix_ + name, t);
+  if (dummy_->record) dummy_->generated.emplace_back(prefix_ + name, t);
   used_.push_back(prefix_ + name);
   return t;
 }
@@ -78,7 +122,7 @@ Tensor WeightBinder::get(const std::string& name, std::initializer_list<int64_t>
   std::string full = prefix_ + name;
   if (dummy_) {
     used_.push_back(full);
-    return be_.upload_weight(make_dummy(name, shape));
+    return make_dummy(name, shape);
   }
   const Checkpoint& ckpt_ = *this->ckpt_;
   MTP_CHECK(ckpt_.has(full), "{}: missing tensor '{}' (expected shape {})", ckpt_.dir(), full,

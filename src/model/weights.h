@@ -1,6 +1,7 @@
 // Checkpoint tensors bound to the model's structure: every expected tensor checked by name, dtype and shape
 // (from the LayerSpecs), then placed in the backend's weight storage. Names follow the HF checkpoint.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,11 +47,21 @@ struct TargetWeights {
 
 // Seeded random weights of realistic scale (--load-format dummy, tests): linear weights ~ N(0, 1/fan_in),
 // norm weights ~ 1 +- 0.2, layer_scalar in [0.5, 1], embeddings ~ N(0, 1/H). Stored as `dtype`.
+// Host generation is multi-threaded for large tensors (the values do not depend on the thread count).
 struct DummyWeights {
   uint64_t seed = 1234;
   DType dtype = DType::BF16;
   // Filled by the binder: every generated tensor (CPU, owning), in creation order, for writing to a file.
   std::vector<std::pair<std::string, Tensor>> generated;
+  bool record = true;  // false: do not keep host tensors in `generated` (big loads onto a device)
+  // Optional: generate on the backend's device instead (no host copy; values differ from the host
+  // stream). device_alloc returns an uninitialised tensor of `numel` elements; device_fill fills it with
+  // normal(mean, std), or uniform [mean - std, mean + std] when `normal` is false.
+  std::function<Tensor(DType dtype, int64_t numel)> device_alloc;
+  std::function<void(Tensor t, uint64_t seed, float mean, float std, bool normal)> device_fill;
+  // Optional: called after each generated tensor with its full name; `bytes` counts all generated so far.
+  std::function<void(const std::string& name)> progress;
+  int64_t bytes = 0;
 };
 
 // Checks the checkpoint against the config and uploads every tensor. Throws Error naming the file and
@@ -76,6 +87,7 @@ class WeightBinder {
   std::string where() const { return dummy_ ? std::string("dummy weights") : ckpt_->dir(); }
 
  private:
+  // A generated weight, ready for use (uploaded, or made on the device).
   Tensor make_dummy(const std::string& name, std::initializer_list<int64_t> shape);
   const Checkpoint* ckpt_;
   std::string prefix_;

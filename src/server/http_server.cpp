@@ -72,9 +72,9 @@ struct HttpServer::Impl {
   std::atomic<uint64_t> next_id{0};
   uint64_t id_salt;
 
-  Impl(Engine& e, ServerOptions o) : engine(e), opts(std::move(o)), tok(Tokenizer::load(e.info().model_dir)) {
+  Impl(Engine& e, ServerOptions o) : engine(e), opts(std::move(o)), tok(Tokenizer::load(tokenizer_dir())) {
     try {
-      chat_template = ChatTemplate::load(e.info().model_dir);
+      chat_template = ChatTemplate::load(tokenizer_dir());
     } catch (const Error& err) {
       fmt::print(stderr, "warning: no chat template ({}); /v1/chat/completions will answer 400\n",
                  err.what());
@@ -88,6 +88,9 @@ struct HttpServer::Impl {
     setup_routes();
   }
 
+  std::string tokenizer_dir() const {
+    return opts.tokenizer_dir.empty() ? engine.info().model_dir : opts.tokenizer_dir;
+  }
   std::string new_id(const char* prefix) {
     return fmt::format("{}-{:08x}{:08x}", prefix, uint32_t(id_salt), uint32_t(next_id.fetch_add(1)));
   }

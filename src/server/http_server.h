@@ -17,6 +17,7 @@ struct ServerOptions {
   int port = 8000;                // 0: any free port (the one bound is passed to on_listening)
   std::string api_key;            // non-empty: /v1/* requires "Authorization: Bearer <key>"
   std::string served_model_name;  // empty: the model directory's name
+  std::string tokenizer_dir;      // tokenizer.json and chat_template.jinja; empty: the model directory
   size_t max_body_bytes = size_t(8) << 20;
   int http_threads = 0;      // worker threads (one per open connection); 0: 128
   bool log_requests = true;  // one stderr line per finished request
@@ -24,7 +25,7 @@ struct ServerOptions {
 
 class HttpServer {
  public:
-  // Loads the tokenizer and chat template from engine.info().model_dir. Throws Error.
+  // Loads the tokenizer and chat template from opts.tokenizer_dir, or engine.info().model_dir. Throws Error.
   HttpServer(Engine& engine, ServerOptions opts);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;

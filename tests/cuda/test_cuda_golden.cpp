@@ -1,11 +1,12 @@
-// The whole model on the GPU against HF transformers 5.17 in bf16 (the like-for-like reference: HF also
-// rounds every op's output to bf16), and lossless greedy speculation on the GPU.
+// The whole model on the GPU against HF transformers 5.17, and lossless greedy speculation on the GPU.
 //
-// Bound: each decoder layer rounds the residual stream to bf16 about ten times (u = 2^-8 = 3.9e-3 each) on
-// both sides, with different kernels and summation orders; over L <= 8 layers the accumulated relative error
-// of the logits is about sqrt(10 L) u <= 3.5e-2, so the normalised logit error ||ours - hf|| / ||hf|| must
-// stay under 5e-2 and the top-1 token must agree wherever HF's own top-2 margin exceeds 0.5 (a few bf16 steps
-// at the softcapped logit scale).
+// Bound, derived from the reference itself: the golden data holds HF's fp32 and bf16 logits, so HF's own bf16
+// run measures how far bf16 rounding moves this model from the fp32 truth (e_hf = ||hf_bf16 - fp32|| /
+// ||fp32||: 1.2e-2 .. 8.3e-2 across the variants; the MoE routing of near-tied experts and the chaotic random
+// weights amplify it). Our bf16 rounds at different points with different kernels, so its error is of the
+// same size but not the same sign: we require ||ours - fp32|| / ||fp32|| <= 2 e_hf (as accurate as HF bf16,
+// within a factor of two), and that our top-1 disagrees with fp32's on at most twice as many rows as HF
+// bf16's does, plus one (the rows near a tie are exactly the ones either bf16 run may flip).
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -31,7 +32,7 @@ std::string src(const std::string& rel) {
 
 class CudaGolden : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(CudaGolden, LogitsMatchTransformersBf16) {
+TEST_P(CudaGolden, LogitsAsCloseToFp32AsTransformersBf16) {
   std::string dir = src("tests/data/golden/" + GetParam());
   std::ifstream f(dir + "/golden.json");
   std::stringstream ss;
@@ -45,25 +46,33 @@ TEST_P(CudaGolden, LogitsMatchTransformersBf16) {
     KvCache kv(*m, 16, 16);
     SequenceState s;
     auto got = prefill(*m, kv, s, ids, 16, true);  // chunked: exercises decode-style steps too
-    auto ref = test::read_f32(dir + "/" + g["prompts"][p]["bf16"]["logits"].get<std::string>());
-    ASSERT_EQ(got.size(), ref.size());
-    double num = 0, den = 0;
-    int agree = 0, clear = 0;
-    for (size_t t = 0; t < ids.size(); t++) {
-      const float* a = got.data() + t * V;
-      const float* b = ref.data() + t * V;
-      for (int v = 0; v < V; v++) num += (a[v] - b[v]) * double(a[v] - b[v]), den += double(b[v]) * b[v];
-      int ia = int(std::max_element(a, a + V) - a), ib = int(std::max_element(b, b + V) - b);
-      float top2 = -INFINITY;
-      for (int v = 0; v < V; v++)
-        if (v != ib) top2 = std::max(top2, b[v]);
-      if (b[ib] - top2 > 0.5f) clear++, agree += ia == ib;
-    }
-    double nerr = std::sqrt(num / den);
-    std::printf("%s prompt %zu: normalised logit error %.3e, top-1 %d/%d on clear-margin rows\n",
-                GetParam().c_str(), p, nerr, agree, clear);
-    EXPECT_LT(nerr, 5e-2);
-    EXPECT_EQ(agree, clear);
+    auto f32 = test::read_f32(dir + "/" + g["prompts"][p]["fp32"]["logits"].get<std::string>());
+    auto hf = test::read_f32(dir + "/" + g["prompts"][p]["bf16"]["logits"].get<std::string>());
+    ASSERT_EQ(got.size(), f32.size());
+    ASSERT_EQ(hf.size(), f32.size());
+    auto nerr = [&](const std::vector<float>& a) {
+      double num = 0, den = 0;
+      for (size_t i = 0; i < a.size(); i++)
+        num += (a[i] - f32[i]) * double(a[i] - f32[i]), den += double(f32[i]) * f32[i];
+      return std::sqrt(num / den);
+    };
+    auto argmax_misses = [&](const std::vector<float>& a) {
+      int n = 0;
+      for (size_t t = 0; t < ids.size(); t++) {
+        const float* x = a.data() + t * V;
+        const float* y = f32.data() + t * V;
+        n += std::max_element(x, x + V) - x != std::max_element(y, y + V) - y;
+      }
+      return n;
+    };
+    const double e_ours = nerr(got), e_hf = nerr(hf);
+    const int m_ours = argmax_misses(got), m_hf = argmax_misses(hf);
+    std::printf(
+        "%s prompt %zu (%zu rows): error vs fp32: ours %.3e, HF bf16 %.3e; top-1 differs from fp32 on %d "
+        "rows (HF bf16: %d)\n",
+        GetParam().c_str(), p, ids.size(), e_ours, e_hf, m_ours, m_hf);
+    EXPECT_LE(e_ours, 2 * e_hf);
+    EXPECT_LE(m_ours, 2 * m_hf + 1);
   }
 }
 
@@ -71,8 +80,10 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaGolden,
                          ::testing::Values("e_style", "k_eq_v_style", "moe_style", "irregular"));
 
 TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
-  auto run = [](const std::string& asst, const std::vector<std::vector<int32_t>>& prompts) {
+  auto run = [](const std::string& asst, const std::vector<std::vector<int32_t>>& prompts,
+                const std::string& graphs = "auto") {
     EngineOptions o;
+    o.graphs = graphs;
     o.model_dir = src("models/tiny-gemma4");
     o.assistant_dir = asst.empty() ? "" : src("models/" + asst);
     o.backend = "cuda";
@@ -98,6 +109,15 @@ TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
     }
     std::unique_lock<std::mutex> lk(mu);
     cv.wait(lk, [&] { return done == prompts.size(); });
+    EngineStats st = e->stats();
+    if (graphs == "auto") {  // the CUDA backend records graphs: decode/verify steps and draft loops use them
+      EXPECT_GT(st.graph_steps, 0);
+      if (!asst.empty()) {
+        EXPECT_GT(st.graph_draft_loops, 0);
+      }
+    } else {
+      EXPECT_EQ(st.graph_steps, 0);
+    }
     return out;
   };
   std::ifstream f(src("models/tiny-gemma4-assistant/acceptance_golden.json"));
@@ -108,6 +128,11 @@ TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
   for (auto& p : g["prompt_sets"]["chat"]) prompts.push_back(p["ids"].get<std::vector<int32_t>>());
   prompts.resize(32);
   auto a = run("", prompts);
+  auto eager = run("", prompts, "off");
+  int same_eager = 0;
+  for (size_t i = 0; i < prompts.size(); i++) same_eager += a[i] == eager[i];
+  std::printf("GPU greedy target-only: graphs == eager for %d/%zu prompts\n", same_eager, prompts.size());
+  EXPECT_GE(same_eager, int(prompts.size()) * 9 / 10);  // padded buckets may round a near-tie differently
   for (const char* asst : {"tiny-gemma4-assistant", "tiny-gemma4-assistant-centroid"}) {
     auto b = run(asst, prompts);
     int same = 0;

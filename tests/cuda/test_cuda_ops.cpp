@@ -226,6 +226,47 @@ TEST(CudaOps, RmsNorm) {
       }
 }
 
+// The fused post-norm + residual add (+ layer_scalar, + the next sub-block's norm) against the CPU op, and
+// bit for bit against the unfused CUDA ops it replaces (same sums, same bf16 roundings). Three roundings
+// (normed value, sum, product): kTolN.
+TEST(CudaOps, RmsNormAdd) {
+  for (auto [R, D] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 96}, {3, 130}, {9, 1536}, {2, 5376}, {7, 10}})
+    for (int variant : {0, 1, 2}) {  // plain, scaled (layer_scalar), with the next norm
+      SCOPED_TRACE(testing::Message() << "R=" << R << " D=" << D << " variant " << variant);
+      auto x = randn_bf16(size_t(R * D), 2.0f), o = randn_bf16(size_t(R * D), 3.0f);
+      auto w = rand_bf16(size_t(D), 0.8f, 1.2f), hw = rand_bf16(size_t(D), 0.8f, 1.2f);
+      auto sc = rand_bf16(1, 0.5f, 1.0f);
+      Tensor cx = cpu_f32(x, {R, D}), ch = cpu().alloc(DType::F32, {R, D});
+      Tensor gx = gpu_bf16(x, {R, D}), go = gpu_bf16(o, {R, D}), gw = gpu_bf16(w, {D}),
+             ghw = gpu_bf16(hw, {D});
+      Tensor gs = variant == 1 ? gpu_bf16(sc, {1}) : Tensor();
+      Guarded fx(DType::BF16, {R, D}), fh(DType::BF16, {R, D});  // fused: x in place, h
+      gpu().copy(fx.t, gx);
+      if (variant == 2) {
+        cpu().rms_norm_add_norm(cx, ch, cpu_f32(o, {R, D}), cpu_bf16(w, {D}), cpu_bf16(hw, {D}), 1e-6f);
+        gpu().rms_norm_add_norm(fx.t, fh.t, go, gw, ghw, 1e-6f);
+        fh.check("rms_norm_add_norm h");
+      } else {
+        cpu().rms_norm_add(cx, cpu_f32(o, {R, D}), cpu_bf16(w, {D}), 1e-6f,
+                           variant ? cpu_bf16(sc, {1}) : Tensor());
+        gpu().rms_norm_add(fx.t, go, gw, 1e-6f, gs);
+      }
+      fx.check("rms_norm_add x");
+      EXPECT_NERR(host_f32(fx.t), host_f32(cx), kTolN, "rms_norm_add x");
+      if (variant == 2) EXPECT_NERR(host_f32(fh.t), host_f32(ch), kTolN, "rms_norm_add_norm h");
+      Tensor t = gpu().alloc(DType::BF16, {R, D}), uh = gpu().alloc(DType::BF16, {R, D});  // unfused
+      gpu().rms_norm(t, go, gw, 1e-6f);
+      gpu().add(gx, gx, t);
+      if (variant == 1) gpu().mul_bcast(gx, gx, gs);
+      EXPECT_EQ(host_f32(fx.t), host_f32(gx)) << "fused x differs from rms_norm + add (+ mul_bcast)";
+      if (variant == 2) {
+        gpu().rms_norm(uh, gx, ghw, 1e-6f);
+        EXPECT_EQ(host_f32(fh.t), host_f32(uh)) << "fused h differs from rms_norm of the new x";
+      }
+    }
+}
+
 TEST(CudaOps, Elementwise) {
   for (auto [R, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 96}, {3, 130}, {17, 2560}}) {
     const size_t n = size_t(R * D);
@@ -373,6 +414,59 @@ TEST(CudaOps, Rope) {
     Tensor gx = gpu_bf16(x, {cs.T, cs.heads, cs.D});
     gpu().rope(gx, gpu_i32(pos, {cs.T}), gpu_f32(inv, {cs.D / 2}));
     EXPECT_NERR(host_f32(gx), host_f32(cx), kTolN, "rope D=" << cs.D);
+  }
+}
+
+// Per-head norms + RoPE of q, k, v in one kernel: against the CPU op, and bit for bit against rms_norm and
+// rope on the GPU. Head counts above the kernel's 16 warps, odd head dims, q only (KV-shared layers).
+TEST(CudaOps, QkvNormRope) {
+  struct Case {
+    int64_t T, nh, kvh, D;  // kvh 0: q only
+    bool proportional;
+  };
+  for (auto cs : std::vector<Case>{{1, 8, 1, 256, false},
+                                   {3, 4, 2, 512, true},
+                                   {17, 3, 1, 10, false},
+                                   {5, 2, 0, 256, false},
+                                   {2, 32, 4, 512, true}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << cs.T << " nh=" << cs.nh << " kvh=" << cs.kvh << " D=" << cs.D);
+    RopeParams rp;
+    if (cs.proportional) rp.rope_type = "proportional", rp.rope_theta = 1e6, rp.partial_rotary_factor = 0.25;
+    auto inv = rope_inv_freq(rp, int(cs.D));
+    std::vector<int32_t> pos(cs.T);
+    std::mt19937 g(next_seed());
+    for (auto& p : pos) p = int32_t(g() % 131072);
+    const int64_t T = cs.T, D = cs.D, nq = T * cs.nh * D, nk = T * cs.kvh * D;
+    auto q = randn_bf16(size_t(nq), 2.0f), k = randn_bf16(size_t(nk), 2.0f), v = randn_bf16(size_t(nk), 2.0f);
+    auto qw = rand_bf16(size_t(D), 0.8f, 1.2f), kw = rand_bf16(size_t(D), 0.8f, 1.2f);
+    const bool kv = cs.kvh > 0;
+    Tensor cq = cpu_f32(q, {T, cs.nh, D}), ck, cv;
+    if (kv) ck = cpu_f32(k, {T, cs.kvh, D}), cv = cpu_f32(v, {T, cs.kvh, D});
+    cpu().qkv_norm_rope(cq, ck, cv, cpu_bf16(qw, {D}), cpu_bf16(kw, {D}), cpu_i32(pos, {T}),
+                        cpu_f32(inv, {D / 2}), 1e-6f);
+    Tensor gpos = gpu_i32(pos, {T}), ginv = gpu_f32(inv, {D / 2}), gqw = gpu_bf16(qw, {D}),
+           gkw = gpu_bf16(kw, {D});
+    Guarded fq(DType::BF16, {T, cs.nh, D}), fk(DType::BF16, {T, cs.kvh, D}), fv(DType::BF16, {T, cs.kvh, D});
+    gpu().copy(fq.t, gpu_bf16(q, {T, cs.nh, D}));
+    if (kv) gpu().copy(fk.t, gpu_bf16(k, {T, cs.kvh, D})), gpu().copy(fv.t, gpu_bf16(v, {T, cs.kvh, D}));
+    gpu().qkv_norm_rope(fq.t, kv ? fk.t : Tensor(), kv ? fv.t : Tensor(), gqw, gkw, gpos, ginv, 1e-6f);
+    fq.check("qkv_norm_rope q");
+    EXPECT_NERR(host_f32(fq.t), host_f32(cq), kTolN, "qkv_norm_rope q");
+    Tensor uq = gpu_bf16(q, {T, cs.nh, D});  // unfused
+    gpu().rms_norm(uq, uq, gqw, 1e-6f);
+    gpu().rope(uq, gpos, ginv);
+    EXPECT_EQ(host_f32(fq.t), host_f32(uq)) << "q differs from rms_norm + rope";
+    if (!kv) continue;
+    fk.check("qkv_norm_rope k");
+    fv.check("qkv_norm_rope v");
+    EXPECT_NERR(host_f32(fk.t), host_f32(ck), kTolN, "qkv_norm_rope k");
+    EXPECT_NERR(host_f32(fv.t), host_f32(cv), kTol1, "qkv_norm_rope v");
+    Tensor uk = gpu_bf16(k, {T, cs.kvh, D}), uv = gpu_bf16(v, {T, cs.kvh, D});
+    gpu().rms_norm(uk, uk, gkw, 1e-6f);
+    gpu().rope(uk, gpos, ginv);
+    gpu().rms_norm(uv, uv, Tensor(), 1e-6f);
+    EXPECT_EQ(host_f32(fk.t), host_f32(uk)) << "k differs from rms_norm + rope";
+    EXPECT_EQ(host_f32(fv.t), host_f32(uv)) << "v differs from rms_norm";
   }
 }
 
@@ -582,6 +676,78 @@ TEST(CudaOps, Argmax) {
     }
 }
 
+TEST(CudaOps, ArgmaxIds) {  // the pick among candidates: ids[r, argmax scores[r]]
+  for (int64_t R : {1, 5})
+    for (int64_t N : {1, 33, 4096}) {
+      auto sc = rand_bf16(size_t(R * N), -5.f, 5.f);
+      std::vector<int32_t> ids(size_t(R * N));
+      std::mt19937 g(next_seed());
+      for (auto& i : ids) i = int32_t(g() % 1000000);
+      if (N > 1) sc[1] = sc[N - 1] = 6.0f;  // a tie in row 0: the first index wins
+      Tensor ci = cpu().alloc(DType::I32, {R, N});
+      std::copy(ids.begin(), ids.end(), ci.ptr<int32_t>());
+      Tensor c = cpu().alloc(DType::I32, {R});
+      cpu().argmax_ids(c, cpu_f32(sc, {R, N}), ci);
+      Tensor gi = gpu().alloc(DType::I32, {R, N});
+      gpu().copy_from_host(gi, ids.data());
+      Guarded o(DType::I32, {R});
+      gpu().argmax_ids(o.t, gpu_f32(sc, {R, N}), gi);
+      o.check("argmax_ids");
+      EXPECT_EQ(host_i32(o.t), host_i32(c)) << "R=" << R << " N=" << N;
+      if (N > 1) {
+        EXPECT_EQ(host_i32(c)[0], ids[1]);
+      }
+    }
+}
+
+// A graph records without running, replays with new inputs, and owns the scratch memory it recorded.
+TEST(CudaOps, GraphReplaysWithNewInputs) {
+  const int64_t n = 1000;
+  Tensor a = gpu().alloc(DType::BF16, {n}), out = gpu().alloc(DType::BF16, {n});
+  std::vector<uint16_t> h(n);
+  auto set = [&](float v) {
+    for (auto& x : h) x = f32_to_bf16(v);
+    gpu().copy_from_host(a, h.data());
+  };
+  set(1.0f);
+  auto graph = gpu().capture([&] {
+    Tensor t = gpu().alloc(DType::BF16, {n});  // scratch owned by the graph
+    gpu().scale(t, a, 2.0f);
+    gpu().add(out, t, a);  // out = 3a
+  });
+  gpu().fill_zero(out);
+  std::vector<uint16_t> back(n);
+  gpu().copy_to_host(back.data(), out);
+  EXPECT_EQ(bf16_to_f32(back[0]), 0.0f) << "capture must not run the ops";
+  for (float v : {1.0f, 5.0f}) {
+    set(v);
+    {
+      Tensor other = gpu().alloc(DType::BF16, {n});
+      gpu().fill_zero(other);
+    }  // must not get the graph's block
+    graph->replay();
+    gpu().copy_to_host(back.data(), out);
+    EXPECT_EQ(bf16_to_f32(back[n - 1]), 3 * v);
+  }
+  {  // a tensor recorded by a graph that outlives it goes back to the pool once, when it is released
+    Tensor kept;
+    {
+      auto g2 = gpu().capture([&] {
+        kept = gpu().alloc(DType::BF16, {n});
+        gpu().fill_zero(kept);
+      });
+    }
+    kept = Tensor();
+    Tensor x = gpu().alloc(DType::BF16, {n}), y = gpu().alloc(DType::BF16, {n});
+    EXPECT_NE(x.data, y.data);
+  }
+  EXPECT_THROW(gpu().capture([&] { gpu().copy_from_host(a, h.data()); }), Error);
+  set(2.0f);  // the stream is usable after a failed capture
+  graph->replay();
+  gpu().copy_to_host(back.data(), out);
+  EXPECT_EQ(bf16_to_f32(back[0]), 6.0f);
+}
+
 TEST(CudaOps, AllocatorReusesBlocks) {
   { Tensor warm = gpu().alloc(DType::BF16, {3, 1000}); }
   size_t before = cuda_allocator_bytes(gpu());
@@ -611,70 +777,39 @@ TEST(CudaOps, UploadWeight) {
 // ------------------------------------------------------------------------------------------------ whole
 // model
 
-nlohmann::json model_variant(const std::string& name) {
-  auto c = test::small_text_config(name);
-  if (name == "real_dims") {  // head dims as in the real models (the attention kernels' real configurations)
-    c["hidden_size"] = 64;
-    c["head_dim"] = 256;
-    c["global_head_dim"] = 512;
-  }
-  if (name == "moe")
-    c["num_experts"] = 16, c["top_k_experts"] = 4,
-    c["moe_intermediate_size"] = 16;  // wider than the CPU test
-  return c;
-}
-
-class CudaModel : public ::testing::TestWithParam<const char*> {};
-
-// bf16 activations against the fp32 CPU forward (the tests' small config: head dims 8/16): every op rounds
-// its output once (~u = 3.9e-3 relative), through 6 layers of ~20 ops with residual adds. Bound 5e-2 on the
-// normalised logit error (a wrong mask, page or rope breaks it by O(1)), top-1 agreement >= 90%, and top-1
-// must agree wherever the fp32 top-2 margin exceeds twice the row's max |error|.
-TEST_P(CudaModel, LogitsMatchCpuForPrefillAndDecode) {
-  auto cfg = model_variant(GetParam());
-  auto mc = test::make_dummy_model(cfg, cpu(), 11);
-  auto mg = test::make_dummy_model(cfg, gpu(), 11);
-  const int V = mc->config().vocab_size, n = 45;  // > 2 pages, > 5 windows of 8
-  auto toks = test::random_tokens(n, V, 5);
-  for (int chunk : {n, 1, 7}) {  // whole prefill, token-by-token decode, chunked
-    KvCache kc(*mc, 16, 16), kg(*mg, 16, 16);
+// bf16 activations against the fp32 CPU forward of the bundled trained tiny target (a trained model, so
+// well-conditioned: random-weight models amplify bf16 rounding chaotically, see test_cuda_golden.cpp, where
+// the bound comes from HF's own bf16 run). Every op rounds its output once (~u = 3.9e-3 relative), about 20
+// ops per layer with residual adds: over its layers the normalised logit error stays below 5e-2 (a wrong
+// mask, page or RoPE breaks it by O(1)), and top-1 agrees on >= 90% of rows. Whole prefill, token-by-token
+// decode and chunks of 7 (> 2 pages, several sliding windows).
+TEST(CudaModel, TinyModelLogitsMatchCpuForPrefillAndDecode) {
+  const char* root = std::getenv("MTP_SOURCE_DIR");
+  const std::string dir = std::string(root ? root : ".") + "/models/tiny-gemma4";
+  auto mc = Gemma4Model::load(dir, cpu());
+  auto mg = Gemma4Model::load(dir, gpu());
+  const int V = mc->config().vocab_size, n = 300;
+  auto toks = test::random_tokens(n, 8000, 5);  // common ids: the tiny model's trained part of the vocabulary
+  toks[0] = mc->config().bos_token_id;
+  for (int chunk : {n, 1, 7}) {
+    KvCache kc(*mc, 32, 32), kg(*mg, 32, 32);
     SequenceState sc, sg;
     auto ref = prefill(*mc, kc, sc, toks, chunk, true);
     auto got = prefill(*mg, kg, sg, toks, chunk, true);
     ASSERT_EQ(ref.size(), got.size());
     double e = nerr(got, ref);
-    int agree = 0, must = 0, bad = 0;
+    int agree = 0;
     for (int r = 0; r < n; r++) {
       const float* a = got.data() + size_t(r) * V;
       const float* b = ref.data() + size_t(r) * V;
-      int ia = int(std::max_element(a, a + V) - a), ib = int(std::max_element(b, b + V) - b);
-      float top2 = -INFINITY, maxerr = 0;
-      for (int i = 0; i < V; i++) {
-        if (i != ib) top2 = std::max(top2, b[i]);
-        maxerr = std::max(maxerr, std::abs(a[i] - b[i]));
-      }
-      agree += ia == ib;
-      if (b[ib] - top2 > 2 * maxerr) must++, bad += ia != ib;
+      agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
     }
-    std::printf(
-        "[model %s chunk %d] normalised logit error %.3e, top-1 agreement %d/%d (%d rows with a clear "
-        "margin)\n",
-        GetParam(), chunk, e, agree, n, must);
-    EXPECT_EQ(bad, 0) << "top-1 differs on rows with a clear margin, chunk " << chunk;
-    if (std::string(GetParam()) == "real_dims") {
-      // With random weights, RMS-normalised q and k of dim 256/512 give attention logits of std ~16-22 (scale
-      // 1.0), so softmax is nearly one-hot and a bf16 ulp in q or k moves it: measured normalised logit error
-      // ~0.5 with every op passing its own test. Only the clear-margin rule applies (a trained model's logits
-      // are far smaller); the kernels at these dims are covered op by op above.
-      EXPECT_LT(e, 2.0) << "chunk " << chunk;
-    } else {
-      EXPECT_LE(e, 5e-2) << "chunk " << chunk;
-      EXPECT_GE(agree, n * 9 / 10) << "chunk " << chunk;
-    }
+    std::printf("[tiny model chunk %d] normalised logit error %.3e, top-1 agreement %d/%d\n", chunk, e, agree,
+                n);
+    EXPECT_LE(e, 5e-2) << "chunk " << chunk;
+    EXPECT_GE(agree, n * 9 / 10) << "chunk " << chunk;
   }
 }
-
-INSTANTIATE_TEST_SUITE_P(Variants, CudaModel, ::testing::Values("all", "moe", "plain", "real_dims"));
 
 }  // namespace
 }  // namespace mtpserve

@@ -72,11 +72,12 @@ struct Pair {
 };
 void PrintTo(const Pair& p, std::ostream* os) { *os << p.name; }  // readable ctest names
 
-class GreedyLossless : public ::testing::TestWithParam<std::tuple<Pair, int, int>> {};
+class GreedyLossless : public ::testing::TestWithParam<std::tuple<Pair, int, int, bool>> {};
 
 TEST_P(GreedyLossless, SpeculativeEqualsTargetOnly) {
-  auto [pair, K, topk] = GetParam();
+  auto [pair, K, topk, graphs] = GetParam();
   EngineOptions o;
+  o.graphs = graphs ? "on" : "off";
   o.draft_topk = topk;
   o.model_dir = src(pair.target);
   o.assistant_dir = src(pair.assistant);
@@ -113,23 +114,35 @@ TEST_P(GreedyLossless, SpeculativeEqualsTargetOnly) {
   auto st = e->stats();
   EXPECT_EQ(st.full_pages_used, 0);
   EXPECT_EQ(st.sliding_pages_used, 0);
+  if (graphs) {
+    EXPECT_GT(st.graph_steps, 0);
+    if (topk == 1) {
+      EXPECT_GT(st.graph_draft_loops, 0);
+    }
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Pairs, GreedyLossless,
-    ::testing::Combine(::testing::Values(Pair{"tiny_dense", "models/tiny-gemma4",
-                                              "models/tiny-gemma4-assistant"},
-                                         Pair{"tiny_centroid", "models/tiny-gemma4",
-                                              "models/tiny-gemma4-assistant-centroid"},
-                                         Pair{"e_style_centroid", "tests/data/golden/e_style/text",
-                                              "tests/data/golden/assistant_e_style_centroid/model"},
-                                         Pair{"k_eq_v_style_dense", "tests/data/golden/k_eq_v_style/mm",
-                                              "tests/data/golden/assistant_k_eq_v_style_dense/model"}),
-                       ::testing::Values(1, 3, 6), ::testing::Values(1, 3)),
-    [](const auto& info) {
-      return std::get<0>(info.param).name + "_K" + std::to_string(std::get<1>(info.param)) + "_topk" +
-             std::to_string(std::get<2>(info.param));
-    });
+const auto kPairs =
+    ::testing::Values(Pair{"tiny_dense", "models/tiny-gemma4", "models/tiny-gemma4-assistant"},
+                      Pair{"tiny_centroid", "models/tiny-gemma4", "models/tiny-gemma4-assistant-centroid"},
+                      Pair{"e_style_centroid", "tests/data/golden/e_style/text",
+                           "tests/data/golden/assistant_e_style_centroid/model"},
+                      Pair{"k_eq_v_style_dense", "tests/data/golden/k_eq_v_style/mm",
+                           "tests/data/golden/assistant_k_eq_v_style_dense/model"});
+std::string lossless_name(const ::testing::TestParamInfo<GreedyLossless::ParamType>& info) {
+  return std::get<0>(info.param).name + "_K" + std::to_string(std::get<1>(info.param)) + "_topk" +
+         std::to_string(std::get<2>(info.param)) + (std::get<3>(info.param) ? "_graphs" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Pairs, GreedyLossless,
+                         ::testing::Combine(kPairs, ::testing::Values(1, 3, 6), ::testing::Values(1, 3),
+                                            ::testing::Values(false)),
+                         lossless_name);
+// The graph runners (on the CPU they replay the recorded code): padded buckets, the on-device draft loop.
+INSTANTIATE_TEST_SUITE_P(Graphs, GreedyLossless,
+                         ::testing::Combine(kPairs, ::testing::Values(3), ::testing::Values(1, 3),
+                                            ::testing::Values(true)),
+                         lossless_name);
 
 EngineOptions tiny_opts(int K = 3) {
   EngineOptions o;

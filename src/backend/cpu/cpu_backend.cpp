@@ -34,6 +34,22 @@ void check_f32(const Tensor& t, const char* what) {
   MTP_CHECK(t.dtype == DType::F32, "cpu backend: {} must be F32, got {}", what, dtype_name(t.dtype));
 }
 
+// A norm weight [D] as fp32 (all ones when undefined: the weightless RMSNorm).
+std::vector<float> norm_weight(const Tensor& w, int64_t D) {
+  MTP_ASSERT(!w.defined() || w.numel() == D);
+  std::vector<float> wf(D, 1.0f);
+  if (w.defined())
+    for (int64_t i = 0; i < D; i++) wf[i] = load_f32(w, i);
+  return wf;
+}
+
+// RMSNorm factor of one row: 1 / sqrt(mean(a^2) + eps), the sum of squares in double.
+float rms_inv(const float* a, int64_t D, float eps) {
+  double ss = 0;
+  for (int64_t i = 0; i < D; i++) ss += double(a[i]) * a[i];
+  return 1.0f / std::sqrt(float(ss / double(D)) + eps);
+}
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
@@ -86,16 +102,49 @@ class CpuBackend final : public Backend {
     int64_t D = w.defined() ? w.numel() : x.dim(-1);
     MTP_ASSERT(x.numel() % D == 0 && out.numel() == x.numel());
     int64_t R = x.numel() / D;
-    std::vector<float> wf(D, 1.0f);
-    if (w.defined())
-      for (int64_t i = 0; i < D; i++) wf[i] = load_f32(w, i);
+    std::vector<float> wf = norm_weight(w, D);
     for (int64_t r = 0; r < R; r++) {
       const float* a = x.ptr<const float>() + r * D;
       float* o = out.ptr<float>() + r * D;
-      double ss = 0;
-      for (int64_t i = 0; i < D; i++) ss += double(a[i]) * a[i];
-      float inv = 1.0f / std::sqrt(float(ss / double(D)) + eps);
+      float inv = rms_inv(a, D, eps);
       for (int64_t i = 0; i < D; i++) o[i] = a[i] * inv * wf[i];
+    }
+  }
+  void rms_norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale) override {
+    norm_add(x, o, w, eps, scale, Tensor(), Tensor());
+  }
+  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
+                         float eps) override {
+    norm_add(x, o, w, eps, Tensor(), h, hw);
+  }
+  // x = (x + rms_norm(o) * w) * scale; then, when h is defined, h = rms_norm(x) * hw.
+  void norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale, Tensor h,
+                const Tensor& hw) {
+    check_f32(x, "rms_norm_add x");
+    check_f32(o, "rms_norm_add o");
+    const int64_t D = x.dim(-1), R = x.numel() / D;
+    MTP_ASSERT(o.numel() == x.numel() && (!scale.defined() || scale.numel() == 1));
+    const std::vector<float> wf = norm_weight(w, D);
+    const float s = scale.defined() ? load_f32(scale, 0) : 1.0f;
+    std::vector<float> hwf;
+    if (h.defined()) {
+      check_f32(h, "rms_norm_add_norm h");
+      MTP_ASSERT(h.numel() == x.numel());
+      hwf = norm_weight(hw, D);
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const float* a = o.ptr<const float>() + r * D;
+      float* xr = x.ptr<float>() + r * D;
+      const float inv = rms_inv(a, D, eps);
+      for (int64_t i = 0; i < D; i++) {
+        const float normed = a[i] * inv * wf[i];
+        xr[i] = xr[i] + normed;
+        if (scale.defined()) xr[i] = xr[i] * s;
+      }
+      if (!h.defined()) continue;
+      const float hinv = rms_inv(xr, D, eps);
+      float* hr = h.ptr<float>() + r * D;
+      for (int64_t i = 0; i < D; i++) hr[i] = xr[i] * hinv * hwf[i];
     }
   }
 
@@ -193,6 +242,16 @@ class CpuBackend final : public Backend {
         }
       }
     }
+  }
+
+  void qkv_norm_rope(Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
+                     const Tensor& positions, const Tensor& inv_freq, float eps) override {
+    rms_norm(q, q, q_norm, eps);
+    rope(q, positions, inv_freq);
+    if (!k.defined()) return;
+    rms_norm(k, k, k_norm, eps);
+    rope(k, positions, inv_freq);
+    rms_norm(v, v, Tensor(), eps);
   }
 
   static int64_t physical_slot(const KvPageTable& pt, int s, int64_t slot) {
@@ -347,6 +406,15 @@ class CpuBackend final : public Backend {
   }
   void to_f32(Tensor out, const Tensor& x) override {
     for (int64_t i = 0; i < x.numel(); i++) out.ptr<float>()[i] = load_f32(x, i);
+  }
+  void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) override {
+    const int64_t R = scores.dim(0), N = scores.dim(1);
+    MTP_ASSERT(scores.dtype == DType::F32 && ids.dtype == DType::I32 && out.dtype == DType::I32 &&
+               ids.numel() == R * N && out.numel() == R);
+    for (int64_t r = 0; r < R; r++) {
+      const float* v = scores.ptr<const float>() + r * N;
+      out.ptr<int32_t>()[r] = ids.ptr<const int32_t>()[r * N + (std::max_element(v, v + N) - v)];
+    }
   }
 
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& cscores,

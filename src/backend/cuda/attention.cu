@@ -65,7 +65,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   const int qp = p.pos[r], prefix = p.prefix[s];
   const int lo = p.window > 0 ? max(0, qp - p.window + 1) : 0;
   const int hi = min(prefix, qp + 1);
-  const int a = max(lo, split * p.chunk), b = min(hi, (split + 1) * p.chunk);
+  // Splits tile [lo, hi) from lo: a windowed layer needs only ceil(window / chunk) of them.
+  const int a = lo + split * p.chunk, b = min(hi, lo + (split + 1) * p.chunk);
   const int np = max(0, b - a);
   const int nb = (split == 0 && p.block_keys) ? nq : 0;
   const int nkeys = np + nb;
@@ -364,14 +365,17 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   while (gb < std::min(group, max_gb)) gb *= 2;
   const int hblocks = (group + gb - 1) / gb;
 
-  // Split planning from the shape only: the page table bounds the slots of every sequence.
+  // Split planning from the shape only (so that a CUDA graph stays valid for any context up to the page
+  // table's width): the committed keys of a row span at most the table's slots, or the window. Chunks of
+  // 32 keys (8 per warp) and up, doubled while the grid exceeds 4 CTAs per SM: a decode row at batch 1 is
+  // spread over the whole GPU instead of a few CTAs looping over keys one dependent load after another.
   const int64_t max_slots = std::max<int64_t>(1, pt.pages.dim(1) * pt.page_size);
+  const int64_t span = window > 0 ? std::min<int64_t>(max_slots, window) : max_slots;
   const int64_t ctas = T * kvh * hblocks;
-  int64_t chunk = 256;
-  while (chunk < max_slots &&
-         ctas * ((max_slots + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
+  int64_t chunk = 32;
+  while (chunk < span && ctas * ((span + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
     chunk *= 2;
-  const int nsplit = int((max_slots + chunk - 1) / chunk);
+  const int nsplit = int((span + chunk - 1) / chunk);
   MTP_CHECK(T < (1LL << 31) && nsplit < 65536 && kvh * hblocks < 65536, "cuda attention: grid too large");
 
   AttnParams p{};

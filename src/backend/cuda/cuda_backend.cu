@@ -3,8 +3,10 @@
 // sampling.cu). All work runs in order on one stream owned by the backend.
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 #include "backend/cuda/cuda_common.cuh"
 
@@ -49,6 +51,21 @@ struct Pool {
   }
   void* get(size_t b) {
     std::lock_guard<std::mutex> g(mu);
+    if (capture) {  // reuse what this capture already owns and freed (the graph's ops run in order)
+      auto c = capture->free_lists.find(b);
+      if (c != capture->free_lists.end() && !c->second.empty()) {
+        void* p = c->second.back();
+        c->second.pop_back();
+        graph_owned[p] = true;
+        return p;
+      }
+    }
+    void* p = take_locked(b);
+    if (capture) capture->owned.emplace(p, b);
+    if (capture) graph_owned[p] = true;
+    return p;
+  }
+  void* take_locked(size_t b) {
     auto it = free_lists.find(b);
     if (it != free_lists.end() && !it->second.empty()) {
       void* p = it->second.back();
@@ -72,7 +89,53 @@ struct Pool {
   }
   void put(void* p, size_t b) {
     std::lock_guard<std::mutex> g(mu);
+    if (capture && capture->owned.count(p)) {
+      capture->free_lists[b].push_back(p);
+      graph_owned[p] = false;
+      return;
+    }
+    auto it = graph_owned.find(p);
+    if (it != graph_owned.end()) {  // the graph keeps it until it is destroyed
+      it->second = false;
+      return;
+    }
+    orphans.erase(p);  // an orphan's graph is gone: it goes back to the pool like any block
     free_lists[b].push_back(p);
+  }
+
+  // Capture mode: every block handed out while recording a graph belongs to that graph (its kernels have the
+  // address baked in), may be reused only by later ops of the same capture, and returns to the pool when the
+  // graph is destroyed.
+  struct Capture {
+    std::unordered_map<void*, size_t> owned;
+    std::unordered_map<size_t, std::vector<void*>> free_lists;
+  };
+  std::unique_ptr<Capture> capture;
+  std::unordered_map<void*, bool> graph_owned;  // block -> still held by a Tensor
+  std::unordered_set<void*> orphans;            // held by a Tensor that outlived its graph
+
+  void begin_capture() {
+    std::lock_guard<std::mutex> g(mu);
+    MTP_CHECK(!capture, "cuda graph: captures cannot nest");
+    capture = std::make_unique<Capture>();
+  }
+  std::unordered_map<void*, size_t> end_capture() {
+    std::lock_guard<std::mutex> g(mu);
+    auto owned = std::move(capture->owned);
+    capture.reset();
+    return owned;
+  }
+  void release_graph(const std::unordered_map<void*, size_t>& owned) {
+    std::lock_guard<std::mutex> g(mu);
+    for (auto& [p, b] : owned) {
+      auto g = graph_owned.find(p);
+      const bool held = g != graph_owned.end() && g->second;
+      if (g != graph_owned.end()) graph_owned.erase(g);
+      if (held)
+        orphans.insert(p);  // returns to the pool when its Tensor goes
+      else
+        free_lists[b].push_back(p);
+    }
   }
   ~Pool() {
     std::lock_guard<std::mutex> g(mu);
@@ -81,6 +144,27 @@ struct Pool {
 };
 
 }  // namespace
+
+// A captured CUDA graph and the allocator blocks its kernels use.
+class CudaGraph final : public Graph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t st, std::shared_ptr<Pool> pool,
+            std::unordered_map<void*, size_t> owned)
+      : exec_(exec), st_(st), pool_(std::move(pool)), owned_(std::move(owned)) {}
+  ~CudaGraph() override {
+    cudaStreamSynchronize(st_);  // a replay in flight still uses the blocks
+    cudaGraphExecDestroy(exec_);
+    pool_->release_graph(owned_);
+    cudaGetLastError();  // errors ignored above must not surface at an unrelated later launch
+  }
+  void replay() override { CUDA_OK(cudaGraphLaunch(exec_, st_), "graph replay"); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t st_;
+  std::shared_ptr<Pool> pool_;
+  std::unordered_map<void*, size_t> owned_;
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -103,15 +187,19 @@ class CudaBackend final : public Backend {
     CUDA_OK(cudaMemset(ctx_.err, 0, sizeof(DevErr)), "init");
     CUDA_OK(cudaMallocHost(&err_host_, sizeof(DevErr)), "init");
     if (const char* s = std::getenv("MTP_GEMV_MAX_M")) ctx_.gemv_max_m = std::atoi(s);
+    if (const char* s = std::getenv("MTP_OP_PROFILE")) profile_ = std::atoi(s) != 0;
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(ctx_.stream);
+    if (profile_) print_profile();
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cublasDestroy(ctx_.cublas);
     cudaFree(ctx_.cublas_ws);
     cudaFree(ctx_.err);
     cudaFreeHost(err_host_);
     cudaStreamDestroy(ctx_.stream);
+    cudaGetLastError();
   }
 
   std::string name() const override { return name_; }
@@ -160,6 +248,7 @@ class CudaBackend final : public Backend {
   }
   void copy_from_host(Tensor dst, const void* src) override {
     need_cuda(dst, "copy_from_host", "dst");
+    not_capturing("copy_from_host");
     if (dst.nbytes() == 0) return;
     CUDA_OK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, ctx_.stream),
             "copy_from_host");
@@ -167,6 +256,7 @@ class CudaBackend final : public Backend {
   }
   void copy_to_host(void* dst, const Tensor& src) override {
     need_cuda(src, "copy_to_host", "src");
+    not_capturing("copy_to_host");
     if (src.nbytes() > 0)
       CUDA_OK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, ctx_.stream),
               "copy_to_host");
@@ -179,62 +269,218 @@ class CudaBackend final : public Backend {
     if (dst.nbytes() == 0 || dst.data == src.data) return;
     CUDA_OK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, ctx_.stream), "copy");
   }
+  Tensor alloc_weight(DType dtype, std::initializer_list<int64_t> shape) override {
+    return alloc_exact(dtype, shape);
+  }
   void fill_zero(Tensor dst) override {
     need_cuda(dst, "fill_zero", "dst");
     if (dst.nbytes()) CUDA_OK(cudaMemsetAsync(dst.data, 0, dst.nbytes(), ctx_.stream), "fill_zero");
   }
-  void synchronize() override { sync_and_check("synchronize"); }
+  void synchronize() override {
+    not_capturing("synchronize");
+    sync_and_check("synchronize");
+  }
+
+  bool native_graphs() const override { return true; }
+  std::unique_ptr<Graph> capture(const std::function<void()>& ops) override {
+    MTP_ASSERT(ops);
+    sync_and_check("capture");
+    pool_->begin_capture();
+    capturing_ = true;
+    // Relaxed: the allocator may cudaMalloc while recording (a block the graph then owns).
+    CUDA_OK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeRelaxed), "capture");
+    cudaGraph_t graph = nullptr;
+    try {
+      ops();
+    } catch (...) {
+      cudaStreamEndCapture(ctx_.stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      capturing_ = false;
+      pool_->release_graph(pool_->end_capture());
+      throw;
+    }
+    capturing_ = false;
+    auto owned = pool_->end_capture();
+    cudaError_t e = cudaStreamEndCapture(ctx_.stream, &graph);
+    cudaGraphExec_t exec = nullptr;
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      pool_->release_graph(owned);
+      fail("cuda graph: capture failed: {}", cudaGetErrorString(e));
+    }
+    return std::make_unique<CudaGraph>(exec, ctx_.stream, pool_, std::move(owned));
+  }
 
   void embed(Tensor out, const Tensor& ids, const Tensor& table, float scale) override {
+    OpScope op_scope_(*this, "embed");
     cuda::embed(ctx_, out, ids, table, scale);
   }
   void rms_norm(Tensor out, const Tensor& x, const Tensor& w, float eps) override {
+    OpScope op_scope_(*this, "rms_norm");
     cuda::rms_norm(ctx_, out, x, w, eps);
   }
-  void add(Tensor out, const Tensor& a, const Tensor& b) override { cuda::add(ctx_, out, a, b); }
-  void scale(Tensor out, const Tensor& x, float s) override { cuda::scale(ctx_, out, x, s); }
-  void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) override { cuda::mul_bcast(ctx_, out, x, w); }
+  void rms_norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale) override {
+    OpScope op_scope_(*this, "rms_norm_add");
+    cuda::rms_norm_add(ctx_, x, o, w, eps, scale, Tensor(), Tensor());
+  }
+  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
+                         float eps) override {
+    OpScope op_scope_(*this, "rms_norm_add_norm");
+    cuda::rms_norm_add(ctx_, x, o, w, eps, Tensor(), h, hw);
+  }
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    OpScope op_scope_(*this, "add");
+    cuda::add(ctx_, out, a, b);
+  }
+  void scale(Tensor out, const Tensor& x, float s) override {
+    OpScope op_scope_(*this, "scale");
+    cuda::scale(ctx_, out, x, s);
+  }
+  void mul_bcast(Tensor out, const Tensor& x, const Tensor& w) override {
+    OpScope op_scope_(*this, "mul_bcast");
+    cuda::mul_bcast(ctx_, out, x, w);
+  }
   void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) override {
+    OpScope op_scope_(*this, "gelu_mul");
     cuda::gelu_mul(ctx_, out, gate, up);
   }
-  void gelu_mul_fused(Tensor out, const Tensor& gu) override { cuda::gelu_mul_fused(ctx_, out, gu); }
-  void transpose01(Tensor out, const Tensor& x) override { cuda::transpose01(ctx_, out, x); }
+  void gelu_mul_fused(Tensor out, const Tensor& gu) override {
+    OpScope op_scope_(*this, "gelu_mul_fused");
+    cuda::gelu_mul_fused(ctx_, out, gu);
+  }
+  void transpose01(Tensor out, const Tensor& x) override {
+    OpScope op_scope_(*this, "transpose01");
+    cuda::transpose01(ctx_, out, x);
+  }
   void gather_rows(Tensor out, const Tensor& x, const Tensor& rows) override {
+    OpScope op_scope_(*this, "gather_rows");
     cuda::gather_rows(ctx_, out, x, rows);
   }
-  void softcap(Tensor x, float cap) override { cuda::softcap(ctx_, x, cap); }
-  void linear(Tensor out, const Tensor& x, const Tensor& w) override { cuda::linear(ctx_, out, x, w); }
+  void softcap(Tensor x, float cap) override {
+    OpScope op_scope_(*this, "softcap");
+    cuda::softcap(ctx_, x, cap);
+  }
+  void linear(Tensor out, const Tensor& x, const Tensor& w) override {
+    OpScope op_scope_(*this, "linear");
+    cuda::linear(ctx_, out, x, w);
+  }
   void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) override {
+    OpScope op_scope_(*this, "rope");
     cuda::rope(ctx_, x, positions, inv_freq);
+  }
+  void qkv_norm_rope(Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
+                     const Tensor& positions, const Tensor& inv_freq, float eps) override {
+    OpScope op_scope_(*this, "qkv_norm_rope");
+    cuda::qkv_norm_rope(ctx_, q, k, v, q_norm, k_norm, positions, inv_freq, eps);
   }
   void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
                 const KvPageTable& pt) override {
+    OpScope op_scope_(*this, "kv_write");
     cuda::kv_write(ctx_, k_cache, v_cache, k, v, m, pt);
   }
   void attention(Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const AttnMeta& m,
                  const KvPageTable& pt, int window) override {
+    OpScope op_scope_(*this, "attention");
     cuda::attention(*this, ctx_, out, q, k_cache, v_cache, m, pt, window);
   }
   void moe_route(Tensor weights, Tensor experts, const Tensor& logits, const Tensor& per_expert_scale,
                  int top_k) override {
+    OpScope op_scope_(*this, "moe_route");
     cuda::moe_route(ctx_, weights, experts, logits, per_expert_scale, top_k);
   }
   void moe_experts(Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
                    const Tensor& gate_up, const Tensor& down) override {
+    OpScope op_scope_(*this, "moe_experts");
     cuda::moe_experts(*this, ctx_, out, x, weights, experts, gate_up, down);
   }
-  void argmax(Tensor out, const Tensor& x) override { cuda::argmax(ctx_, out, x); }
-  void to_f32(Tensor out, const Tensor& x) override { cuda::to_f32(ctx_, out, x); }
+  void argmax(Tensor out, const Tensor& x) override {
+    OpScope op_scope_(*this, "argmax");
+    cuda::argmax(ctx_, out, x);
+  }
+  void to_f32(Tensor out, const Tensor& x) override {
+    OpScope op_scope_(*this, "to_f32");
+    cuda::to_f32(ctx_, out, x);
+  }
+  void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) override {
+    OpScope op_scope_(*this, "argmax_ids");
+    cuda::argmax_ids(ctx_, out, scores, ids);
+  }
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                            const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
                            int top_k) override {
+    OpScope op_scope_(*this, "centroid_candidates");
     cuda::centroid_candidates(ctx_, cand_ids, cand_scores, y, centroid_scores, token_ordering, embed, top_k);
   }
 
  private:
+  // MTP_OP_PROFILE=1: device time of every op, from events around it (eager runs; not while capturing),
+  // summed per op and printed to stderr when the backend goes away.
+  struct OpScope {
+    CudaBackend& be;
+    cudaEvent_t a = nullptr;
+    const char* name;
+    OpScope(CudaBackend& b, const char* n) : be(b), name(n) {
+      if (!be.profile_ || be.capturing_) return;
+      a = be.event();
+      cudaEventRecord(a, be.ctx_.stream);
+    }
+    ~OpScope() {
+      if (!a) return;
+      cudaEvent_t b = be.event();
+      cudaEventRecord(b, be.ctx_.stream);
+      be.pending_.push_back({name, a, b});
+    }
+  };
+  struct Pending {
+    const char* name;
+    cudaEvent_t a, b;
+  };
+  cudaEvent_t event() {
+    if (events_.empty()) {
+      cudaEvent_t e;
+      CUDA_OK(cudaEventCreate(&e), "profile");
+      return e;
+    }
+    cudaEvent_t e = events_.back();
+    events_.pop_back();
+    return e;
+  }
+  void flush_profile() {  // after a synchronisation: every pending event has completed
+    for (const Pending& p : pending_) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, p.a, p.b);
+      auto& [t, n] = op_time_[p.name];
+      t += ms, n++;
+      events_.push_back(p.a), events_.push_back(p.b);
+    }
+    pending_.clear();
+  }
+  void print_profile() {
+    flush_profile();
+    std::vector<std::pair<double, std::string>> v;
+    double all = 0;
+    for (auto& [k, tn] : op_time_) v.push_back({tn.first, k}), all += tn.first;
+    std::sort(v.rbegin(), v.rend());
+    fmt::print(stderr, "op profile ({}): {:.3f} ms of device time in ops\n", name_, all);
+    for (auto& [t, k] : v)
+      fmt::print(stderr, "  {:<22} {:>10.3f} ms {:>5.1f}% {:>9} calls {:>8.2f} us/call\n", k, t,
+                 100 * t / all, op_time_[k].second, 1e3 * t / double(op_time_[k].second));
+  }
+  bool profile_ = false;
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> events_;
+  std::map<std::string, std::pair<double, int64_t>> op_time_;
+
+  void not_capturing(const char* op) const {
+    MTP_CHECK(!capturing_, "cuda {}: host transfers and synchronisation cannot be recorded into a graph", op);
+  }
   void sync_and_check(const char* op) {
     CUDA_OK(cudaMemcpyAsync(err_host_, ctx_.err, sizeof(DevErr), cudaMemcpyDeviceToHost, ctx_.stream), op);
     CUDA_OK(cudaStreamSynchronize(ctx_.stream), op);
+    if (profile_) flush_profile();
     if (err_host_->code == kErrNone) return;
     DevErr e = *err_host_;
     CUDA_OK(cudaMemsetAsync(ctx_.err, 0, sizeof(DevErr), ctx_.stream), op);
@@ -261,6 +507,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<Pool> pool_;
   Ctx ctx_;
   DevErr* err_host_ = nullptr;
+  bool capturing_ = false;
 };
 
 Tensor scratch(Backend& be, DType t, int64_t n) { return be.alloc(t, {std::max<int64_t>(n, 1)}); }

@@ -75,6 +75,26 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
 
+// Sum of v over the TPR threads of one row: a warp (TPR = 32, several rows per block) or a whole block (TPR a
+// multiple of 32, one row per block; every thread of the block must call it). A fixed order, so every kernel
+// that reduces a row through it gets the same sum (the fused norms match rms_norm bit for bit).
+template <int TPR>
+__device__ __forceinline__ float row_sum(float v) {
+  static_assert(TPR % 32 == 0, "a row is one or more whole warps");
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if constexpr (TPR > 32) {
+    __shared__ float part[TPR / 32];
+    __syncthreads();  // readers of an earlier call are done
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = 0.f;
+#pragma unroll
+    for (int i = 0; i < TPR / 32; i++) v += part[i];
+  }
+  return v;
+}
+
 inline const __nv_bfloat16* cbf(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.data); }
 inline __nv_bfloat16* mbf(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 32) {
@@ -89,6 +109,9 @@ void need_cuda(const Tensor& t, const char* op, const char* what);
 // norm.cu
 void embed(Ctx&, Tensor out, const Tensor& ids, const Tensor& table, float scale);
 void rms_norm(Ctx&, Tensor out, const Tensor& x, const Tensor& w, float eps);
+// x = (x + rms_norm(o) * w) [* scale]; with h defined, then h = rms_norm(x) * hw (rms_norm_add(_norm))
+void rms_norm_add(Ctx&, Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale, Tensor h,
+                  const Tensor& hw);
 void add(Ctx&, Tensor out, const Tensor& a, const Tensor& b);
 void scale(Ctx&, Tensor out, const Tensor& x, float s);
 void mul_bcast(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
@@ -104,6 +127,8 @@ void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, in
                const __nv_bfloat16* w, int64_t N, int64_t K);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
+void qkv_norm_rope(Ctx&, Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
+                   const Tensor& positions, const Tensor& inv_freq, float eps);
 // attention.cu
 void kv_write(Ctx&, Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
               const KvPageTable& pt);
@@ -117,6 +142,7 @@ void moe_experts(Backend&, Ctx&, Tensor out, const Tensor& x, const Tensor& weig
 // sampling.cu
 void argmax(Ctx&, Tensor out, const Tensor& x);
 void to_f32(Ctx&, Tensor out, const Tensor& x);
+void argmax_ids(Ctx&, Tensor out, const Tensor& scores, const Tensor& ids);
 void centroid_candidates(Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                          const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
                          int top_k);

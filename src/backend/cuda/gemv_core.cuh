@@ -66,4 +66,37 @@ __device__ __forceinline__ void warp_gemv(const uint4* const (&wr)[RW], const ui
     }
 }
 
+// The 8 bf16 of a 16-byte word as floats (a bf16 is the top half of its float).
+__device__ __forceinline__ void unpack8(const uint4& a, float (&f)[8]) {
+  const uint32_t u[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+
+// Sums each of P values (a power of two <= 32) over the 32 lanes of a warp with P - 1 + 5 - log2(P) shuffles
+// instead of 5 P: each step sends half of the values to the partner lane and keeps the other half. On return
+// v[0] of lane l holds the total of value l / (32 / P). A fixed order: deterministic.
+template <int P>
+__device__ __forceinline__ float warp_sum_transposed(float (&v)[P], int lane) {
+  static_assert(P >= 1 && P <= 32 && (P & (P - 1)) == 0, "P: a power of two <= 32");
+#pragma unroll
+  for (int s = 0; s < 5; s++) {
+    const int o = 16 >> s, n = P >> s;
+    if (n > 1) {
+      const bool upper = (lane & o) != 0;
+#pragma unroll
+      for (int i = 0; i < n / 2; i++) {
+        const float send = upper ? v[i] : v[i + n / 2], keep = upper ? v[i + n / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+      }
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+    }
+  }
+  return v[0];
+}
+
 }  // namespace mtpserve::cuda

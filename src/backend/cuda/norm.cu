@@ -1,6 +1,6 @@
-// Row and elementwise ops: embed, rms_norm, add, scale, mul_bcast, gelu_mul(_fused), transpose01,
-// gather_rows, softcap, and the seeded random fill used for on-device dummy weights. fp32 math, one bf16
-// rounding per output (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
+// Row and elementwise ops: embed, rms_norm, rms_norm_add(_norm), add, scale, mul_bcast, gelu_mul(_fused),
+// transpose01, gather_rows, softcap, and the seeded random fill used for on-device dummy weights. fp32 math,
+// one bf16 rounding per output (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
 #include "backend/cuda/cuda_common.cuh"
 
 namespace mtpserve::cuda {
@@ -32,24 +32,54 @@ __global__ void rms_norm_kernel(bf16* out, const bf16* x, const bf16* w, int64_t
   float ss = 0.f;
   for (int64_t i = lane; i < D; i += TPR) {
     float v = bf(xr[i]);
-    ss += v * v;
+    ss = fmaf(v, v, ss);
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if constexpr (TPR > 32) {
-    __shared__ float part[TPR / 32];
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
-    __syncthreads();
-    ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < TPR / 32; i++) ss += part[i];
-  }
-  const float inv = 1.0f / sqrtf(ss / float(D) + eps);
+  const float inv = 1.0f / sqrtf(row_sum<TPR>(ss) / float(D) + eps);
   bf16* orow = out + row * D;
   for (int64_t i = lane; i < D; i += TPR) {
     float v = bf(xr[i]) * inv;
     if (w) v *= bf(w[i]);
     orow[i] = __float2bfloat16_rn(v);
+  }
+}
+
+// x = (x + rms_norm(o) * w) [* scale], then (h defined) h = rms_norm(x) * hw: the thread layout, sums and
+// roundings of rms_norm, add, mul_bcast and rms_norm in turn (bf16 normed value, bf16 sum, bf16 product), so
+// the result equals the unfused ops bit for bit. Each thread rereads only the x elements it wrote.
+template <int TPR>
+__global__ void rms_norm_add_kernel(bf16* x, bf16* h, const bf16* o, const bf16* w, const bf16* hw,
+                                    const bf16* scale_bf, const float* scale_f, int64_t R, int64_t D,
+                                    float eps) {
+  const int rows_per_block = blockDim.x / TPR;
+  const int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / TPR;
+  const int lane = threadIdx.x % TPR;
+  if (row >= R) return;  // block-uniform for TPR > 32, as in rms_norm_kernel
+  const bf16* orow = o + row * D;
+  bf16* xrow = x + row * D;
+  float ss = 0.f;
+  for (int64_t i = lane; i < D; i += TPR) {
+    float v = bf(orow[i]);
+    ss = fmaf(v, v, ss);
+  }
+  const float inv = 1.0f / sqrtf(row_sum<TPR>(ss) / float(D) + eps);
+  const bool scaled = scale_bf || scale_f;
+  const float s = scale_bf ? bf(*scale_bf) : scale_f ? *scale_f : 1.0f;
+  float ss2 = 0.f;
+  for (int64_t i = lane; i < D; i += TPR) {
+    float n = bf(orow[i]) * inv;
+    if (w) n *= bf(w[i]);
+    float v = round_bf(bf(xrow[i]) + round_bf(n));
+    if (scaled) v = round_bf(v * s);
+    xrow[i] = __float2bfloat16_rn(v);  // exact: v is a bf16 value
+    ss2 = fmaf(v, v, ss2);
+  }
+  if (!h) return;  // uniform
+  const float inv2 = 1.0f / sqrtf(row_sum<TPR>(ss2) / float(D) + eps);
+  bf16* hrow = h + row * D;
+  for (int64_t i = lane; i < D; i += TPR) {
+    float v = bf(xrow[i]) * inv2;
+    if (hw) v *= bf(hw[i]);
+    hrow[i] = __float2bfloat16_rn(v);
   }
 }
 
@@ -180,6 +210,47 @@ void rms_norm(Ctx& c, Tensor out, const Tensor& x, const Tensor& w, float eps) {
     rms_norm_kernel<32><<<unsigned((R + 7) / 8), 256, 0, c.stream>>>(mbf(out), cbf(x), wp, R, D, eps);
   }
   check_launch("rms_norm");
+}
+
+void rms_norm_add(Ctx& c, Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale,
+                  Tensor h, const Tensor& hw) {
+  need(x, DType::BF16, "rms_norm_add", "x");
+  need(o, DType::BF16, "rms_norm_add", "o");
+  const int64_t D = x.dim(-1), R = D > 0 ? x.numel() / D : 0;
+  MTP_CHECK(o.numel() == x.numel() && (!w.defined() || w.numel() == D),
+            "cuda rms_norm_add: x {} / o {} / w {}", x.shape_str(), o.shape_str(),
+            w.defined() ? w.shape_str() : "-");
+  if (w.defined()) need(w, DType::BF16, "rms_norm_add", "w");
+  const bf16* sb = nullptr;
+  const float* sf = nullptr;
+  if (scale.defined()) {
+    need_cuda(scale, "rms_norm_add", "scale");
+    MTP_CHECK(scale.numel() == 1, "cuda rms_norm_add: scale {} is not one value", scale.shape_str());
+    if (scale.dtype == DType::BF16)
+      sb = cbf(scale);
+    else if (scale.dtype == DType::F32)
+      sf = scale.ptr<const float>();
+    else
+      fail("cuda rms_norm_add: scale must be BF16 or F32, got {}", dtype_name(scale.dtype));
+  }
+  if (h.defined()) {
+    need(h, DType::BF16, "rms_norm_add_norm", "h");
+    MTP_CHECK(h.numel() == x.numel() && (!hw.defined() || hw.numel() == D),
+              "cuda rms_norm_add_norm: x {} / h {} / hw {}", x.shape_str(), h.shape_str(),
+              hw.defined() ? hw.shape_str() : "-");
+    if (hw.defined()) need(hw, DType::BF16, "rms_norm_add_norm", "hw");
+  }
+  if (R == 0) return;
+  bf16* hp = h.defined() ? mbf(h) : nullptr;
+  const bf16* wp = w.defined() ? cbf(w) : nullptr;
+  const bf16* hwp = h.defined() && hw.defined() ? cbf(hw) : nullptr;
+  if (D >= 1024)  // the launch shapes of rms_norm (the same sums)
+    rms_norm_add_kernel<256>
+        <<<unsigned(R), 256, 0, c.stream>>>(mbf(x), hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
+  else
+    rms_norm_add_kernel<32>
+        <<<unsigned((R + 7) / 8), 256, 0, c.stream>>>(mbf(x), hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
+  check_launch("rms_norm_add");
 }
 
 static void same3(const Tensor& out, const Tensor& a, const Tensor& b, const char* op) {

@@ -17,8 +17,9 @@ __device__ __forceinline__ float ld(const E* p, int64_t i) {
     return __bfloat162float(p[i]);
 }
 
+// ids [R, V] optional: write ids[r, argmax] instead of the index (the greedy pick among candidates).
 template <typename E>
-__global__ void argmax_kernel(int32_t* out, const E* x, int64_t V) {
+__global__ void argmax_kernel(int32_t* out, const E* x, int64_t V, const int32_t* ids) {
   const E* row = x + int64_t(blockIdx.x) * V;
   float bv = -INFINITY;
   int64_t bi = V;  // sentinel larger than every index
@@ -45,7 +46,10 @@ __global__ void argmax_kernel(int32_t* out, const E* x, int64_t V) {
       int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
       if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
     }
-    if (lane == 0) out[blockIdx.x] = int32_t(bi < V ? bi : 0);
+    if (lane == 0) {
+      const int64_t j = bi < V ? bi : 0;
+      out[blockIdx.x] = ids ? ids[int64_t(blockIdx.x) * V + j] : int32_t(j);
+    }
   }
 }
 
@@ -65,12 +69,27 @@ void argmax(Ctx& c, Tensor out, const Tensor& x) {
   MTP_CHECK(V > 0 && out.numel() == R, "cuda argmax: x {} / out {}", x.shape_str(), out.shape_str());
   if (R == 0) return;
   if (x.dtype == DType::BF16)
-    argmax_kernel<bf16><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), cbf(x), V);
+    argmax_kernel<bf16><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), cbf(x), V, nullptr);
   else if (x.dtype == DType::F32)
-    argmax_kernel<float><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), x.ptr<const float>(), V);
+    argmax_kernel<float>
+        <<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), x.ptr<const float>(), V, nullptr);
   else
     fail("cuda argmax: x must be BF16 or F32, got {}", dtype_name(x.dtype));
   check_launch("argmax");
+}
+
+void argmax_ids(Ctx& c, Tensor out, const Tensor& scores, const Tensor& ids) {
+  need(out, DType::I32, "argmax_ids", "out");
+  need(scores, DType::F32, "argmax_ids", "scores");
+  need(ids, DType::I32, "argmax_ids", "ids");
+  const int64_t R = scores.dim(0), N = scores.dim(-1);
+  MTP_CHECK(scores.ndim == 2 && N > 0 && ids.numel() == R * N && out.numel() == R,
+            "cuda argmax_ids: scores {} / ids {} / out {}", scores.shape_str(), ids.shape_str(),
+            out.shape_str());
+  if (R == 0) return;
+  argmax_kernel<float><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), scores.ptr<const float>(), N,
+                                                          ids.ptr<const int32_t>());
+  check_launch("argmax_ids");
 }
 
 void to_f32(Ctx& c, Tensor out, const Tensor& x) {

@@ -1,0 +1,77 @@
+// Graph runners for the steady state of decoding: the target's decode/verify forward and the assistant's
+// whole K-step greedy draft loop, each recorded once per batch bucket (Backend::capture) and replayed with
+// new inputs. Per iteration the host makes one metadata upload before each replay and one read after it;
+// nothing is launched op by op. Batches are padded to the bucket with sequences that live in the pad pages.
+#pragma once
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "model/assistant.h"
+
+namespace mtpserve {
+
+// Batch buckets: 1, 2, 4, 8, then steps of about 1.5x.
+int graph_bucket(int n);
+
+class TargetGraphs {
+ public:
+  // `max_len`: longest sequence (slots) a batch may hold; fixes the page-table width of every graph.
+  TargetGraphs(const Gemma4Model& m, KvStorage& kv, PadPages pad, int max_len, int max_seqs);
+
+  // Every sequence has the same q_len (<= kPageSize), every row is an output row in order, the sequences fit
+  // max_seqs and max_len, and a tree mask (if any) is [T, q_len].
+  bool fits(const ForwardBatch& b) const;
+  // Same result as Gemma4Model::forward(b, kv) for the batch's rows (the outputs have the bucket's rows; the
+  // first T are the batch's). The tensors stay valid until the next call.
+  ForwardOutput forward(const ForwardBatch& b);
+  int graphs() const { return int(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    std::unique_ptr<Graph> graph;  // first: destroyed after the tensors it wrote
+    MetaDims dims;
+    Tensor buf;  // packed metadata
+    DeviceMeta meta;
+    ForwardOutput out;
+  };
+  const Gemma4Model& m_;
+  KvStorage& kv_;
+  PadPages pad_;
+  int width_, max_seqs_;
+  std::vector<int32_t> pad_full_, pad_sliding_, words_;
+  std::map<std::tuple<int, int, bool>, Bucket> buckets_;  // (sequences, q_len, tree mask)
+};
+
+class DraftGraphs {
+ public:
+  DraftGraphs(const Gemma4Assistant& a, const Gemma4Model& target, KvStorage& kv, PadPages pad, int max_len,
+              int max_seqs);
+
+  // One row per sequence (a chain), within max_seqs and max_len.
+  bool fits(const DraftRows& rows) const;
+  // k greedy draft steps for every row from its input token and recurrent state h0 [S, Hb] (act dtype, on
+  // the device). Returns the drafts, [k][S] row-major.
+  std::vector<int32_t> draft(const DraftRows& rows, const Tensor& h0, int k);
+  int graphs() const { return int(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    std::unique_ptr<Graph> graph;  // first: destroyed after the tensors it wrote
+    MetaDims dims;
+    Tensor buf, h;  // packed metadata; input state [Sb, Hb]
+    DeviceMeta meta;
+    Tensor drafts;  // [k, Sb] I32
+  };
+  void record(Bucket& bk, int k);
+  const Gemma4Assistant& a_;
+  const Gemma4Model& target_;
+  KvStorage& kv_;
+  PadPages pad_;
+  int width_, max_seqs_;
+  std::vector<int32_t> pad_full_, pad_sliding_, words_;
+  std::map<std::pair<int, int>, Bucket> buckets_;  // (sequences, k)
+};
+
+}  // namespace mtpserve
