@@ -24,6 +24,7 @@
 #include "bench_step_util.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "engine/graphs.h"
 #include "engine/sampler.h"
 #include "model/loader.h"
 
@@ -35,6 +36,7 @@ using json = nlohmann::json;
 
 struct StepOpts {
   std::string model, assistant, backend = "auto", load_format = "auto", json_path, accept = "device";
+  std::string graphs = "auto";
   std::string batches = "1,8,32,64", ctxs = "1024,8192", ks = "3,4,5,6", prefills = "2048,8192";
   std::string sections = "decode,spec,prefill";
   int chunk = 2048, iters = 10, warmup = 2, layers = 0, offset = 1;
@@ -162,6 +164,8 @@ class StepBench {
     out["copy_bw_gbs"] = bw_ / 1e9;
     out["iters"] = o_.iters;
     out["accept"] = o_.accept;
+    graphs_ = o_.graphs == "on" || (o_.graphs == "auto" && be_->native_graphs());
+    out["graphs"] = graphs_;
     fmt::print(
         "device {}: copy bandwidth {:.1f} GB/s (read + write); target {} ({} layers{}, {:.2f} GB of "
         "weights{}){}; loaded in {:.1f} s\n",
@@ -171,8 +175,12 @@ class StepBench {
                                  assistant_->centroid_head() ? "centroid" : "dense")
                    : "",
         load_s_);
-    fmt::print("medians of {} runs after {} warm-up runs; every timed region ends with a synchronize\n",
-               o_.iters, o_.warmup);
+    fmt::print(
+        "medians of {} runs after {} warm-up runs; every timed region ends with a synchronize; decode, "
+        "verify "
+        "and the draft loop {}\n",
+        o_.iters, o_.warmup,
+        graphs_ ? "replay recorded graphs (as the engine runs them)" : "launch their ops one by one");
 
     // One KV allocation for every decode/spec point and the prefills.
     const int kmax = ks.empty() || !spec ? 0 : *std::max_element(ks.begin(), ks.end());
@@ -193,7 +201,7 @@ class StepBench {
         pool.slide_pages = std::max(pool.slide_pages, full_pages_for(p, 0));
       }
     try {
-      pool.kv = target_->allocate_kv(pool.full_pages, pool.slide_pages);
+      pool.kv = target_->allocate_kv(pool.full_pages + 1, pool.slide_pages + 1);  // + the graphs' pad pages
     } catch (const Error& e) {
       fail(
           "{}\nbench: the KV cache for batch {} at context {} (+{} rows) does not fit next to {:.2f} GB of "
@@ -212,6 +220,13 @@ class StepBench {
     fmt::print("KV cache: {:.2f} GB ({} full + {} sliding pages of {} tokens)\n\n", kv_gb, pool.full_pages,
                pool.slide_pages, kPageSize);
     out["kv_gb"] = kv_gb;
+    if (graphs_ && bmax > 0) {
+      const PadPages pad{pool.full_pages, pool.slide_pages};
+      const int max_len = *std::max_element(ctxs.begin(), ctxs.end()) + kmax + 1;
+      tgraphs_ = std::make_unique<TargetGraphs>(*target_, pool.kv, pad, max_len, bmax);
+      if (assistant_)
+        dgraphs_ = std::make_unique<DraftGraphs>(*assistant_, *target_, pool.kv, pad, max_len, bmax);
+    }
 
     if (step_points) {
       // Each table is printed as it is measured; the spec tables reuse the decode step times.
@@ -224,8 +239,7 @@ class StepBench {
           Point p = make_point(ctx, B, kmax);
           ForwardBatch fb = block_batch(p.pt, ctx, 1, p.toks);
           ForwardOutput lo;
-          const double ms =
-              time_median(*be_, o_.warmup, o_.iters, [&] { lo = target_->forward(fb, pool_.kv); });
+          const double ms = time_median(*be_, o_.warmup, o_.iters, [&] { lo = forward(fb); });
           if (decode.empty()) check_finite(lo.logits, "target logits");
           decode.push_back(point(ctx, B, 1, ms, tb));
           print_step_row(decode.back(), false);
@@ -248,8 +262,7 @@ class StepBench {
             for (int K : ks) {
               Point p = make_point(ctx, B, kmax);
               ForwardBatch vb = block_batch(p.pt, ctx, K + 1, p.toks);
-              const double vms =
-                  time_median(*be_, o_.warmup, o_.iters, [&] { target_->forward(vb, pool_.kv); });
+              const double vms = time_median(*be_, o_.warmup, o_.iters, [&] { forward(vb); });
               json v = point(ctx, B, K + 1, vms, tb);
               v["k"] = K;
               v["pct_of_decode"] = 100 * vms / decode_ms[{ctx, B}];
@@ -277,6 +290,27 @@ class StepBench {
   }
 
  private:
+  // The target forward as the engine runs it: from a graph when the batch fits one.
+  ForwardOutput forward(const ForwardBatch& fb) {
+    if (tgraphs_ && tgraphs_->fits(fb)) return tgraphs_->forward(fb);
+    return target_->forward(fb, pool_.kv);
+  }
+  // k greedy drafts per row, [k][B]: one graph replay, or k eager steps with the ids read after each.
+  std::vector<int32_t> draft_loop(const DraftRows& dr, const Tensor& h0, int k) {
+    if (dgraphs_ && dgraphs_->fits(dr)) return dgraphs_->draft(dr, h0, k);
+    const int B = int(dr.tokens.size());
+    std::vector<int32_t> all;
+    DraftRows r = dr;
+    Tensor h = h0;
+    for (int s = 0; s < k; s++) {
+      DraftStepOutput o = assistant_->step(r, h, pool_.kv);
+      r.tokens = pick(o, B);
+      h = o.hidden;
+      all.insert(all.end(), r.tokens.begin(), r.tokens.end());
+    }
+    return all;
+  }
+
   json point(int ctx, int B, int q, double ms, const TargetBytes& tb) const {
     const double w = tb.weights(int64_t(B) * q), kv = kv_read_bytes(target_->config(), B, ctx, q, elem_);
     const double roof = (w + kv) / bw_ * 1e3;
@@ -335,16 +369,15 @@ class StepBench {
   }
   void seed(Point& p) {
     ForwardBatch fb = block_batch(p.pt, p.ctx, 1, p.toks);
-    p.seed_h = target_->forward(fb, pool_.kv).hidden;
+    Tensor h = target_->forward(fb, pool_.kv).hidden;
+    p.seed_h = be_->alloc(h.dtype, {h.dim(0), h.dim(1)});
+    be_->copy(p.seed_h, h);
   }
 
   json run_draft(Point p, double decode_ms) {
     seed(p);
     DraftRows dr = draft_rows(p.pt, p.ctx, p.bonus);
-    const double ms = time_median(*be_, o_.warmup, o_.iters, [&] {
-      DraftStepOutput o = assistant_->step(dr, p.seed_h, pool_.kv);
-      pick(o, p.B);
-    });
+    const double ms = time_median(*be_, o_.warmup, o_.iters, [&] { draft_loop(dr, p.seed_h, 1); });
     const double bytes = draft_step_bytes(*assistant_, *target_, p.B, p.ctx, elem_);
     return {{"ctx", p.ctx},
             {"batch", p.B},
@@ -365,15 +398,10 @@ class StepBench {
     int64_t accepted = 0, rounds = 0;
     for (int it = 0; it < o_.warmup + o_.iters; it++) {
       auto t0 = Clock::now();
-      std::vector<int32_t> tok = p.bonus;
       std::vector<std::vector<int32_t>> drafts(B);
-      Tensor h = p.seed_h;
-      for (int s = 0; s < K; s++) {
-        DraftStepOutput o = assistant_->step(draft_rows(p.pt, p.ctx, tok), h, pool_.kv);
-        tok = pick(o, B);
-        h = o.hidden;
-        for (int b = 0; b < B; b++) drafts[b].push_back(tok[b]);
-      }
+      const std::vector<int32_t> d = draft_loop(draft_rows(p.pt, p.ctx, p.bonus), p.seed_h, K);
+      for (int s = 0; s < K; s++)
+        for (int b = 0; b < B; b++) drafts[b].push_back(d[size_t(s) * B + b]);
       const double d_ms = ms_since(t0);  // ends with the last ids on the host
       std::vector<int32_t> blk;
       for (int b = 0; b < B; b++) {
@@ -382,13 +410,14 @@ class StepBench {
       }
       ForwardBatch fb = block_batch(p.pt, p.ctx, K + 1, blk);
       auto t1 = Clock::now();
-      ForwardOutput vo = target_->forward(fb, pool_.kv);
+      ForwardOutput vo = forward(fb);
       be_->synchronize();
+      const Tensor logits_v = vo.logits.rows(0, int64_t(B) * (K + 1));  // a graph's bucket may have more
       const double v_ms = ms_since(t1);
       auto t2 = Clock::now();
       if (o_.accept == "device") {  // greedy: row argmaxes on the device, B * (K+1) ids to the host
         Tensor top = be_->alloc(DType::I32, {int64_t(B) * (K + 1)});
-        be_->argmax(top, vo.logits);
+        be_->argmax(top, logits_v);
         std::vector<int32_t> t(size_t(B) * (K + 1));
         be_->copy_to_host(t.data(), top);
         for (int b = 0; b < B; b++) {
@@ -399,7 +428,7 @@ class StepBench {
         }
       } else {  // every logit to the host, the engine's host-side acceptance (sampled or penalised requests)
         std::vector<float> logits(size_t(B) * (K + 1) * V);
-        be_->copy_to_host(logits.data(), vo.logits);
+        be_->copy_to_host(logits.data(), logits_v);
         for (int b = 0; b < B; b++) {
           PenaltyState pen;
           Rng rng{uint64_t(b)};
@@ -506,6 +535,9 @@ class StepBench {
   std::unique_ptr<Gemma4Model> target_;
   std::unique_ptr<Gemma4Assistant> assistant_;
   KvPool pool_;
+  std::unique_ptr<TargetGraphs> tgraphs_;  // after pool_: destroyed before the KV it writes
+  std::unique_ptr<DraftGraphs> dgraphs_;
+  bool graphs_ = false;
   std::vector<int> batches_, ctxs_, ks_, prefills_;
   std::set<std::string> sec_;
   double load_s_ = 0, bw_ = 0, elem_ = 4;
@@ -560,6 +592,12 @@ void add_bench_step_command(CLI::App& app) {
        "MTP acceptance: device (greedy: row argmaxes on the device, ids to the host) or logits (every "
        "logit to the host, the engine's host-side acceptance of sampled requests)")
       ->check(CLI::IsMember({"device", "logits"}))
+      ->capture_default_str();
+  c->add_option(
+       "--graphs", o->graphs,
+       "decode/verify forwards and the draft loop from recorded graphs as the engine runs them: auto "
+       "(where the backend has device graphs: CUDA), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
   c->add_option("--json", o->json_path, "also write every measurement as JSON to this file");
   c->callback([o] {

@@ -398,7 +398,7 @@ class CudaBackend final : public Backend {
   }
   void argmax(Tensor out, const Tensor& x) override {
     OpScope op_scope_(*this, "argmax");
-    cuda::argmax(ctx_, out, x);
+    cuda::argmax(*this, ctx_, out, x);
   }
   void to_f32(Tensor out, const Tensor& x) override {
     OpScope op_scope_(*this, "to_f32");
@@ -406,13 +406,14 @@ class CudaBackend final : public Backend {
   }
   void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) override {
     OpScope op_scope_(*this, "argmax_ids");
-    cuda::argmax_ids(ctx_, out, scores, ids);
+    cuda::argmax_ids(*this, ctx_, out, scores, ids);
   }
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                            const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
                            int top_k) override {
     OpScope op_scope_(*this, "centroid_candidates");
-    cuda::centroid_candidates(ctx_, cand_ids, cand_scores, y, centroid_scores, token_ordering, embed, top_k);
+    cuda::centroid_candidates(*this, ctx_, cand_ids, cand_scores, y, centroid_scores, token_ordering, embed,
+                              top_k);
   }
 
  private:

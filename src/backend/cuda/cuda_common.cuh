@@ -140,10 +140,10 @@ void moe_route(Ctx&, Tensor weights, Tensor experts, const Tensor& logits, const
 void moe_experts(Backend&, Ctx&, Tensor out, const Tensor& x, const Tensor& weights, const Tensor& experts,
                  const Tensor& gate_up, const Tensor& down);
 // sampling.cu
-void argmax(Ctx&, Tensor out, const Tensor& x);
+void argmax(Backend&, Ctx&, Tensor out, const Tensor& x);
 void to_f32(Ctx&, Tensor out, const Tensor& x);
-void argmax_ids(Ctx&, Tensor out, const Tensor& scores, const Tensor& ids);
-void centroid_candidates(Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y,
+void argmax_ids(Backend&, Ctx&, Tensor out, const Tensor& scores, const Tensor& ids);
+void centroid_candidates(Backend&, Ctx&, Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                          const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
                          int top_k);
 

@@ -17,15 +17,14 @@ __device__ __forceinline__ float ld(const E* p, int64_t i) {
     return __bfloat162float(p[i]);
 }
 
-// ids [R, V] optional: write ids[r, argmax] instead of the index (the greedy pick among candidates).
+// Block argmax of row[lo, hi) (first index on ties); the result is valid in thread 0.
 template <typename E>
-__global__ void argmax_kernel(int32_t* out, const E* x, int64_t V, const int32_t* ids) {
-  const E* row = x + int64_t(blockIdx.x) * V;
-  float bv = -INFINITY;
-  int64_t bi = V;  // sentinel larger than every index
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+__device__ void block_argmax(const E* row, int64_t lo, int64_t hi, float& bv, int64_t& bi) {
+  bv = -INFINITY;
+  bi = INT64_MAX;  // sentinel larger than every index
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
     float v = ld(row, i);
-    if (v > bv || bi == V) bv = v, bi = i;  // ascending i per thread: first maximum kept
+    if (v > bv || bi == INT64_MAX) bv = v, bi = i;  // ascending i per thread: first maximum kept
   }
   for (int o = 16; o > 0; o >>= 1) {
     float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -40,17 +39,64 @@ __global__ void argmax_kernel(int32_t* out, const E* x, int64_t V, const int32_t
   if (warp == 0) {
     const int nw = blockDim.x >> 5;
     bv = lane < nw ? sv[lane] : -INFINITY;
-    bi = lane < nw ? si[lane] : V;
+    bi = lane < nw ? si[lane] : INT64_MAX;
     for (int o = 16; o > 0; o >>= 1) {
       float ov = __shfl_xor_sync(0xffffffffu, bv, o);
       int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
       if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
     }
-    if (lane == 0) {
-      const int64_t j = bi < V ? bi : 0;
-      out[blockIdx.x] = ids ? ids[int64_t(blockIdx.x) * V + j] : int32_t(j);
-    }
   }
+}
+
+// Pass 1: block (c, r) reduces chunk c of row r to (value, index) partials [R, nchunk].
+template <typename E>
+__global__ void argmax_partial_kernel(float* pv, int64_t* pi, const E* x, int64_t V, int64_t chunk) {
+  const E* row = x + int64_t(blockIdx.y) * V;
+  const int64_t lo = int64_t(blockIdx.x) * chunk;
+  float bv;
+  int64_t bi;
+  block_argmax(row, lo, min(V, lo + chunk), bv, bi);
+  if (threadIdx.x == 0) {
+    pv[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = bv;
+    pi[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = bi;
+  }
+}
+
+// Pass 2: one block per row over its partials; ids [R, V] optional: write ids[r, argmax] (the greedy pick
+// among candidates) instead of the index.
+__global__ void argmax_final_kernel(int32_t* out, const float* pv, const int64_t* pi, int nchunk,
+                                    const int32_t* ids, int64_t V) {
+  const int64_t r = blockIdx.x;
+  float bv = -INFINITY;
+  int64_t bi = INT64_MAX;
+  for (int c = threadIdx.x; c < nchunk; c += blockDim.x) {
+    const float v = pv[r * nchunk + c];
+    const int64_t i = pi[r * nchunk + c];
+    if (i == INT64_MAX) continue;
+    if (v > bv || (v == bv && i < bi) || bi == INT64_MAX) bv = v, bi = i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (oi != INT64_MAX && (ov > bv || (ov == bv && oi < bi) || bi == INT64_MAX)) bv = ov, bi = oi;
+  }
+  if (threadIdx.x == 0) {
+    const int64_t j = bi < V ? bi : 0;
+    out[r] = ids ? ids[r * V + j] : int32_t(j);
+  }
+}
+
+// Rows of V split into chunks of >= 4096 so that a few rows still fill the GPU; two passes.
+template <typename E>
+void launch_argmax(Backend& be, Ctx& c, int32_t* out, const E* x, int64_t R, int64_t V, const int32_t* ids) {
+  int64_t chunk = 4096;
+  while (R * ((V + chunk - 1) / chunk) > 8 * int64_t(c.num_sms) && chunk < V) chunk *= 2;
+  const int nchunk = int((V + chunk - 1) / chunk);
+  Tensor pv = scratch(be, DType::F32, R * nchunk), pi = scratch(be, DType::I64, R * nchunk);
+  argmax_partial_kernel<E><<<dim3(unsigned(nchunk), unsigned(R)), 256, 0, c.stream>>>(
+      pv.ptr<float>(), pi.ptr<int64_t>(), x, V, chunk);
+  argmax_final_kernel<<<unsigned(R), 32, 0, c.stream>>>(out, pv.ptr<const float>(), pi.ptr<const int64_t>(),
+                                                        nchunk, ids, V);
 }
 
 template <typename E>
@@ -62,23 +108,22 @@ __global__ void to_f32_kernel(float* out, const E* x, int64_t n) {
 
 }  // namespace
 
-void argmax(Ctx& c, Tensor out, const Tensor& x) {
+void argmax(Backend& be, Ctx& c, Tensor out, const Tensor& x) {
   need(out, DType::I32, "argmax", "out");
   need_cuda(x, "argmax", "x");
   const int64_t V = x.dim(-1), R = x.numel() / V;
   MTP_CHECK(V > 0 && out.numel() == R, "cuda argmax: x {} / out {}", x.shape_str(), out.shape_str());
   if (R == 0) return;
   if (x.dtype == DType::BF16)
-    argmax_kernel<bf16><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), cbf(x), V, nullptr);
+    launch_argmax<bf16>(be, c, out.ptr<int32_t>(), cbf(x), R, V, nullptr);
   else if (x.dtype == DType::F32)
-    argmax_kernel<float>
-        <<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), x.ptr<const float>(), V, nullptr);
+    launch_argmax<float>(be, c, out.ptr<int32_t>(), x.ptr<const float>(), R, V, nullptr);
   else
     fail("cuda argmax: x must be BF16 or F32, got {}", dtype_name(x.dtype));
   check_launch("argmax");
 }
 
-void argmax_ids(Ctx& c, Tensor out, const Tensor& scores, const Tensor& ids) {
+void argmax_ids(Backend& be, Ctx& c, Tensor out, const Tensor& scores, const Tensor& ids) {
   need(out, DType::I32, "argmax_ids", "out");
   need(scores, DType::F32, "argmax_ids", "scores");
   need(ids, DType::I32, "argmax_ids", "ids");
@@ -87,8 +132,7 @@ void argmax_ids(Ctx& c, Tensor out, const Tensor& scores, const Tensor& ids) {
             "cuda argmax_ids: scores {} / ids {} / out {}", scores.shape_str(), ids.shape_str(),
             out.shape_str());
   if (R == 0) return;
-  argmax_kernel<float><<<unsigned(R), 512, 0, c.stream>>>(out.ptr<int32_t>(), scores.ptr<const float>(), N,
-                                                          ids.ptr<const int32_t>());
+  launch_argmax<float>(be, c, out.ptr<int32_t>(), scores.ptr<const float>(), R, N, ids.ptr<const int32_t>());
   check_launch("argmax_ids");
 }
 
