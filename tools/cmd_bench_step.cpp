@@ -298,13 +298,12 @@ class StepBench {
   // k greedy drafts per row, [k][B]: one graph replay, or k eager steps with the ids read after each.
   std::vector<int32_t> draft_loop(const DraftRows& dr, const Tensor& h0, int k) {
     if (dgraphs_ && dgraphs_->fits(dr)) return dgraphs_->draft(dr, h0, k);
-    const int B = int(dr.tokens.size());
     std::vector<int32_t> all;
     DraftRows r = dr;
     Tensor h = h0;
     for (int s = 0; s < k; s++) {
       DraftStepOutput o = assistant_->step(r, h, pool_.kv);
-      r.tokens = pick(o, B);
+      r.tokens = assistant_->greedy_tokens(o);
       h = o.hidden;
       all.insert(all.end(), r.tokens.begin(), r.tokens.end());
     }
@@ -329,18 +328,6 @@ class StepBench {
     std::vector<float> h(size_t(logits.numel()));
     be_->copy_to_host(h.data(), logits);
     for (float x : h) MTP_CHECK(std::isfinite(x), "bench: {} are not finite ({})", what, x);
-  }
-
-  // Greedy draft ids of one assistant step, picked on the device; B ids to the host.
-  std::vector<int32_t> pick(const DraftStepOutput& o, int B) {
-    Tensor ids = be_->alloc(DType::I32, {B});
-    if (o.logits.defined())
-      be_->argmax(ids, o.logits);
-    else
-      be_->argmax_ids(ids, o.cand_scores, o.cand_ids);
-    std::vector<int32_t> h(B);
-    be_->copy_to_host(h.data(), ids);
-    return h;
   }
 
   DraftRows draft_rows(const std::vector<SeqPages>& pt, int ctx, const std::vector<int32_t>& tokens) {

@@ -9,6 +9,7 @@
 // A request's counters: `tokens` = prompt + emitted output; the KV holds tokens[0, computed). Past prefill,
 // computed == tokens.size() - 1: the last emitted token (the bonus) has no KV yet.
 #include "engine/engine.h"
+#include "backend/select.h"
 #include "engine/graphs.h"
 
 #include <algorithm>
@@ -28,9 +29,6 @@
 #include "engine/tree.h"
 #include "model/assistant.h"
 #include "model/loader.h"
-#ifdef MTPSERVE_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace mtpserve {
 namespace {
@@ -182,23 +180,6 @@ class EngineImpl final : public Engine {
   }
 
  private:
-  static std::unique_ptr<Backend> make_backend(const std::string& name) {
-    MTP_CHECK(name == "auto" || name == "cpu" || name == "cuda",
-              "backend must be auto, cpu or cuda, got '{}'", name);
-#ifdef MTPSERVE_HAVE_CUDA
-    if (name != "cpu") {
-      try {
-        return make_cuda_backend(0);
-      } catch (const Error& e) {
-        if (name == "cuda") throw;
-      }
-    }
-#else
-    MTP_CHECK(name != "cuda", "backend cuda requested but this build has no CUDA support");
-#endif
-    return make_cpu_backend();
-  }
-
   // ---- the loop -------------------------------------------------------------------------------------
   void loop() {
     for (;;) {
@@ -510,7 +491,7 @@ class EngineImpl final : public Engine {
       DraftStepOutput o = assistant_->step(dr, ht, kv_->storage());
       std::vector<float> hn(live.size() * Hb);
       read_act(hn.data(), o.hidden);
-      std::vector<int32_t> next = pick_drafts(o, int(live.size()));
+      std::vector<int32_t> next = assistant_->greedy_tokens(o);
       for (size_t j = 0; j < live.size(); j++) {
         rows[live[j]]->drafts.push_back(next[j]);
         tok[live[j]] = next[j];
@@ -616,19 +597,6 @@ class EngineImpl final : public Engine {
         be_->copy(kv.v[l].rows(pd, pd + 1), kv.v[l].rows(ps, ps + 1));
       }
     }
-  }
-
-  // Greedy draft token of each row: argmax of the dense logits, or of the centroid head's candidates, taken
-  // on the device.
-  std::vector<int32_t> pick_drafts(const DraftStepOutput& o, int B) {
-    Tensor ids = be_->alloc(DType::I32, {B});
-    if (o.logits.defined())
-      be_->argmax(ids, o.logits);
-    else
-      be_->argmax_ids(ids, o.cand_scores, o.cand_ids);
-    std::vector<int32_t> out(B);
-    be_->copy_to_host(out.data(), ids);
-    return out;
   }
 
   // Activations <-> host fp32.

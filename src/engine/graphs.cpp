@@ -10,10 +10,15 @@ int graph_bucket(int n) {
   return b;
 }
 
-namespace {
-
-// Zero the pad pages once so that padding rows only ever read finite keys.
-void zero_pad_pages(Backend& be, const TextConfig& c, KvStorage& kv, PadPages pad) {
+GraphPadding::GraphPadding(const Gemma4Model& m, KvStorage& kv, PadPages pad, int max_len, int max_seqs)
+    : width((max_len + kPageSize - 1) / kPageSize + 1),
+      max_seqs(max_seqs),
+      full{pad.full},
+      sliding{pad.sliding} {
+  MTP_ASSERT(max_len > 0 && max_seqs > 0);
+  // Zero the pad pages once so that padding rows only ever read finite keys.
+  Backend& be = m.backend();
+  const TextConfig& c = m.config();
   for (int l = 0; l < c.num_hidden_layers; l++) {
     if (!kv.k[l].defined()) continue;
     int64_t p = c.layers[l].type == LayerType::Full ? pad.full : pad.sliding;
@@ -23,7 +28,8 @@ void zero_pad_pages(Backend& be, const TextConfig& c, KvStorage& kv, PadPages pa
   }
 }
 
-bool tables_fit(const std::vector<SeqBatchEntry>& seqs, int width) {
+bool GraphPadding::fits(const std::vector<SeqBatchEntry>& seqs) const {
+  if (seqs.empty() || int(seqs.size()) > max_seqs) return false;
   for (const SeqBatchEntry& e : seqs)
     if ((e.full_pages && int(e.full_pages->size()) > width) ||
         (e.sliding_pages && int(e.sliding_pages->size()) > width))
@@ -31,31 +37,19 @@ bool tables_fit(const std::vector<SeqBatchEntry>& seqs, int width) {
   return true;
 }
 
-}  // namespace
-
 TargetGraphs::TargetGraphs(const Gemma4Model& m, KvStorage& kv, PadPages pad, int max_len, int max_seqs)
-    : m_(m),
-      kv_(kv),
-      pad_(pad),
-      width_((max_len + kPageSize - 1) / kPageSize + 1),
-      max_seqs_(max_seqs),
-      pad_full_{pad.full},
-      pad_sliding_{pad.sliding} {
-  MTP_ASSERT(max_len > 0 && max_seqs > 0);
-  zero_pad_pages(m.backend(), m.config(), kv, pad);
-}
+    : m_(m), kv_(kv), pad_(m, kv, pad, max_len, max_seqs) {}
 
 bool TargetGraphs::fits(const ForwardBatch& b) const {
   const int S = int(b.seqs.size()), T = int(b.tokens.size());
-  if (S == 0 || S > max_seqs_ || T == 0) return false;
+  if (!pad_.fits(b.seqs) || T == 0) return false;
   const int Q = b.seqs[0].q_len;
   if (Q < 1 || Q > kPageSize || T != S * Q || int(b.output_rows.size()) != T) return false;
   for (const SeqBatchEntry& e : b.seqs)
     if (e.q_len != Q) return false;
   for (int i = 0; i < T; i++)
     if (b.output_rows[i] != i) return false;
-  if (!b.tree_mask.empty() && b.tree_max_q != Q) return false;
-  return tables_fit(b.seqs, width_);
+  return b.tree_mask.empty() || b.tree_max_q == Q;
 }
 
 ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
@@ -73,14 +67,14 @@ ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
       if (tree)
         for (int j = 0; j < Q; j++) pb.tree_mask.push_back(j <= i);
     }
-    pb.seqs.push_back({Q, 0, &pad_full_, &pad_sliding_});
+    pb.seqs.push_back({Q, 0, &pad_.full, &pad_.sliding});
   }
   auto [it, fresh] = buckets_.try_emplace({Sb, Q, tree});
   Bucket& bk = it->second;
   if (fresh) {
     MetaDims& d = bk.dims;
     d.S = Sb, d.T = d.R = Tb, d.max_q = Q, d.mask_q = tree ? Q : 0, d.tokens = true;
-    d.full_width = d.sliding_width = width_;
+    d.full_width = d.sliding_width = pad_.width;
     bk.buf = alloc_meta(be, d);
     bk.meta = meta_views(bk.buf, d, /*block_keys=*/true);
   }
@@ -99,38 +93,23 @@ ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
 
 DraftGraphs::DraftGraphs(const Gemma4Assistant& a, const Gemma4Model& target, KvStorage& kv, PadPages pad,
                          int max_len, int max_seqs)
-    : a_(a),
-      target_(target),
-      kv_(kv),
-      pad_(pad),
-      width_((max_len + kPageSize - 1) / kPageSize + 1),
-      max_seqs_(max_seqs),
-      pad_full_{pad.full},
-      pad_sliding_{pad.sliding} {
-  MTP_ASSERT(max_len > 0 && max_seqs > 0);
-  zero_pad_pages(target.backend(), target.config(), kv, pad);
-}
+    : a_(a), target_(target), kv_(kv), pad_(target, kv, pad, max_len, max_seqs) {}
 
 bool DraftGraphs::fits(const DraftRows& rows) const {
-  const int S = int(rows.seqs.size());
-  if (S == 0 || S > max_seqs_ || int(rows.tokens.size()) != S) return false;
+  if (!pad_.fits(rows.seqs) || rows.tokens.size() != rows.seqs.size()) return false;
   for (const SeqBatchEntry& e : rows.seqs)
     if (e.q_len != 1 || e.prefix_len < 1) return false;
-  return tables_fit(rows.seqs, width_);
+  return true;
 }
 
 // The k-step loop on the device: each step's greedy pick is the next step's input token.
 void DraftGraphs::record(Bucket& bk, int k) {
-  Backend& be = target_.backend();
   DeviceMeta m = bk.meta;
   Tensor h = bk.h;
   for (int s = 0; s < k; s++) {
     DraftStepOutput o = a_.step_device(m, h, kv_);
     Tensor next = bk.drafts.rows(s, s + 1).view({bk.dims.S});
-    if (o.logits.defined())
-      be.argmax(next, o.logits);
-    else
-      be.argmax_ids(next, o.cand_scores, o.cand_ids);
+    a_.greedy_ids(next, o);
     m.tokens = next;
     h = o.hidden;
   }
@@ -150,14 +129,14 @@ std::vector<int32_t> DraftGraphs::draft(const DraftRows& rows, const Tensor& h0,
   for (int s = S; s < Sb; s++) {
     fb.tokens.push_back(0);
     fb.positions.push_back(a_.query_pos_offset());
-    fb.seqs.push_back({1, 1, &pad_full_, &pad_sliding_});
+    fb.seqs.push_back({1, 1, &pad_.full, &pad_.sliding});
   }
   auto [it, fresh] = buckets_.try_emplace({Sb, k});
   Bucket& bk = it->second;
   if (fresh) {
     MetaDims& d = bk.dims;
     d.S = d.T = Sb, d.max_q = 1, d.tokens = true;
-    d.full_width = d.sliding_width = width_;
+    d.full_width = d.sliding_width = pad_.width;
     bk.buf = alloc_meta(be, d);
     bk.meta = meta_views(bk.buf, d, /*block_keys=*/false);
     bk.h = be.alloc(be.act_dtype(), {Sb, Hb});

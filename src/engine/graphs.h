@@ -15,6 +15,16 @@ namespace mtpserve {
 // Batch buckets: 1, 2, 4, 8, then steps of about 1.5x.
 int graph_bucket(int n);
 
+// What both runners share: the page-table width of their layouts (from the longest sequence, `max_len`
+// slots), the most sequences per batch, and the page tables of padding sequences (the pad pages, zeroed
+// once so that padding rows only read finite keys).
+struct GraphPadding {
+  GraphPadding(const Gemma4Model& m, KvStorage& kv, PadPages pad, int max_len, int max_seqs);
+  bool fits(const std::vector<SeqBatchEntry>& seqs) const;  // count and page-table widths
+  int width, max_seqs;
+  std::vector<int32_t> full, sliding;
+};
+
 class TargetGraphs {
  public:
   // `max_len`: longest sequence (slots) a batch may hold; fixes the page-table width of every graph.
@@ -38,9 +48,8 @@ class TargetGraphs {
   };
   const Gemma4Model& m_;
   KvStorage& kv_;
-  PadPages pad_;
-  int width_, max_seqs_;
-  std::vector<int32_t> pad_full_, pad_sliding_, words_;
+  GraphPadding pad_;
+  std::vector<int32_t> words_;
   std::map<std::tuple<int, int, bool>, Bucket> buckets_;  // (sequences, q_len, tree mask)
 };
 
@@ -68,9 +77,8 @@ class DraftGraphs {
   const Gemma4Assistant& a_;
   const Gemma4Model& target_;
   KvStorage& kv_;
-  PadPages pad_;
-  int width_, max_seqs_;
-  std::vector<int32_t> pad_full_, pad_sliding_, words_;
+  GraphPadding pad_;
+  std::vector<int32_t> words_;
   std::map<std::pair<int, int>, Bucket> buckets_;  // (sequences, k)
 };
 

@@ -181,4 +181,22 @@ DraftStepOutput Gemma4Assistant::step_device(const DeviceMeta& meta, const Tenso
   return out;
 }
 
+void Gemma4Assistant::greedy_ids(Tensor ids, const DraftStepOutput& o) const {
+  Backend& be = target_.backend();
+  if (o.logits.defined())
+    be.argmax(ids, o.logits);
+  else
+    be.argmax_ids(ids, o.cand_scores, o.cand_ids);
+}
+
+std::vector<int32_t> Gemma4Assistant::greedy_tokens(const DraftStepOutput& o) const {
+  Backend& be = target_.backend();
+  const int64_t B = o.hidden.dim(0);
+  Tensor ids = be.alloc(DType::I32, {B});
+  greedy_ids(ids, o);
+  std::vector<int32_t> out(size_t(B), 0);
+  be.copy_to_host(out.data(), ids);
+  return out;
+}
+
 }  // namespace mtpserve

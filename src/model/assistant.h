@@ -57,6 +57,10 @@ class Gemma4Assistant {
   // The device part of step(): `meta` from upload_meta(..., block_keys=false) of the rows' batch (tokens =
   // the rows' input tokens, positions = committed_len - 1 + offset). Only device ops: graph-recordable.
   DraftStepOutput step_device(const DeviceMeta& meta, const Tensor& h, KvStorage& target_kv) const;
+  // The greedy draft token of each row of a step, picked on the device: the argmax of the dense logits or of
+  // the centroid head's candidates. ids [B] I32.
+  void greedy_ids(Tensor ids, const DraftStepOutput& o) const;
+  std::vector<int32_t> greedy_tokens(const DraftStepOutput& o) const;  // the same, read to the host
 
  private:
   AssistantConfig cfg_;

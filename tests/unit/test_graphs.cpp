@@ -104,13 +104,7 @@ TEST(Graphs, DraftLoopMatchesEagerSteps) {
     Tensor h = h0;
     for (int k = 0; k < K; k++) {
       DraftStepOutput o = a->step(r, h, kv.storage());
-      Tensor ids = be->alloc(DType::I32, {S});
-      if (o.logits.defined())
-        be->argmax(ids, o.logits);
-      else
-        be->argmax_ids(ids, o.cand_scores, o.cand_ids);
-      std::vector<int32_t> next(S);
-      be->copy_to_host(next.data(), ids);
+      std::vector<int32_t> next = a->greedy_tokens(o);
       want.insert(want.end(), next.begin(), next.end());
       r.tokens = next;
       h = o.hidden;
