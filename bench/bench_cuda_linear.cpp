@@ -6,6 +6,7 @@
 // Usage: bench_cuda_linear [iters=30] [filter] [sweep]
 //   filter: only shapes whose name contains it ("E4B", "q_proj"; "" or "all" = every shape)
 //   sweep: time every GEMV variant (linear.cu kVariants) at M = 1, 2, 3, 4, 8 instead of GEMV vs cuBLAS
+//          (PDL as MTP_GEMV_PDL says: on unless 0)
 #ifdef MTPSERVE_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -18,8 +19,10 @@
 #include "backend/cuda/cuda_backend.h"
 
 namespace mtpserve::cuda {
-int gemv_force_variant(int v);  // linear.cu: -1 = pick by shape; returns the number of variants
-}
+// linear.cu: variant -1 = pick by shape; pdl 0 / 1 = programmatic dependent launch off / on, -1 = leave.
+// Returns the number of GEMV variants.
+int gemv_override(int variant, int pdl);
+}  // namespace mtpserve::cuda
 
 using namespace mtpserve;
 
@@ -74,7 +77,7 @@ int main(int argc, char** argv) {
   };
   const std::vector<int64_t> Ms =
       sweep ? std::vector<int64_t>{1, 2, 3, 4, 8} : std::vector<int64_t>{1, 2, 3, 4, 8, 12, 16, 32, 64};
-  const int nvar = cuda::gemv_force_variant(-1);
+  const int nvar = cuda::gemv_override(-1, -1);
   auto st = static_cast<cudaStream_t>(cuda_stream(*be));
   cudaEvent_t e0, e1;
   ck(cudaEventCreate(&e0), "event");
@@ -91,9 +94,12 @@ int main(int argc, char** argv) {
     for (int v = 0; v < nvar; v++) std::printf("   v%-4d", v);
     std::printf("| cublas | best %%copy\n");
   } else {
-    std::printf("%-12s %11s %3s | %8s %6s %8s %6s | %8s %6s %8s %6s | %8s %8s\n", "shape", "NxK", "M",
-                "gemv us", "%copy", "graph us", "%copy", "cublas", "%copy", "graph us", "%copy", "auto us",
-                "graph us");
+    std::printf(
+        "gemv: variant picked by shape, with programmatic dependent launch (PDL); no-PDL: the same without\n"
+        "PDL, graph replay; auto: what linear picks (GEMV with PDL or cuBLAS), graph replay\n");
+    std::printf("%-12s %11s %3s | %8s %6s %8s %6s | %8s %6s | %8s %6s %8s %6s | %8s %6s\n", "shape", "NxK",
+                "M", "gemv us", "%copy", "graph us", "%copy", "no-PDL", "%copy", "cublas", "%copy",
+                "graph us", "%copy", "auto", "%copy");
   }
   for (const Shape& s : shapes) {
     if (!filter.empty() && std::string(s.name).find(filter) == std::string::npos) continue;
@@ -130,15 +136,15 @@ int main(int argc, char** argv) {
       cuda_set_linear_path(*be, CudaLinearPath::Cublas);
       time_path(cub);
       if (sweep) {
-        std::vector<double> g(size_t(nvar)), t(size_t(nvar));
+        std::vector<double> g(static_cast<size_t>(nvar)), t(static_cast<size_t>(nvar));
         cuda_set_linear_path(*be, CudaLinearPath::Gemv);
         for (int v = 0; v < nvar; v++) {
-          cuda::gemv_force_variant(v);
+          cuda::gemv_override(v, -1);
           time_path(gem);
           t[size_t(v)] = gem[0];
           g[size_t(v)] = gem[1];
         }
-        cuda::gemv_force_variant(-1);
+        cuda::gemv_override(-1, -1);
         for (int mode = 1; mode >= 0; mode--) {
           const std::vector<double>& u = mode ? g : t;
           const size_t best = size_t(std::min_element(u.begin(), u.end()) - u.begin());
@@ -149,15 +155,21 @@ int main(int argc, char** argv) {
         }
         continue;
       }
+      double nopdl[2];
       cuda_set_linear_path(*be, CudaLinearPath::Gemv);
+      cuda::gemv_override(-1, 1);
       time_path(gem);
+      cuda::gemv_override(-1, 0);
+      time_path(nopdl);
+      cuda::gemv_override(-1, 1);
       cuda_set_linear_path(*be, CudaLinearPath::Auto);
       time_path(aut);
       std::printf(
-          "%-12s %5lldx%-5lld %3lld | %8.2f %5.1f%% %8.2f %5.1f%% | %8.2f %5.1f%% %8.2f %5.1f%% | %8.2f "
-          "%8.2f\n",
+          "%-12s %5lldx%-5lld %3lld | %8.2f %5.1f%% %8.2f %5.1f%% | %8.2f %5.1f%% | %8.2f %5.1f%% %8.2f "
+          "%5.1f%% | "
+          "%8.2f %5.1f%%\n",
           s.name, (long long)s.N, (long long)s.K, (long long)M, gem[0], pct(gem[0]), gem[1], pct(gem[1]),
-          cub[0], pct(cub[0]), cub[1], pct(cub[1]), aut[0], aut[1]);
+          nopdl[1], pct(nopdl[1]), cub[0], pct(cub[0]), cub[1], pct(cub[1]), aut[1], pct(aut[1]));
     }
   }
   cuda_set_linear_path(*be, CudaLinearPath::Auto);

@@ -23,6 +23,11 @@
 #include "test_util.h"
 
 namespace mtpserve {
+namespace cuda {
+// linear.cu: variant -1 = pick by shape; pdl 0 / 1 = programmatic dependent launch off / on, -1 = leave.
+// Returns the number of GEMV variants.
+int gemv_override(int variant, int pdl);
+}  // namespace cuda
 namespace {
 
 constexpr double kTol1 = 5e-3;
@@ -367,8 +372,11 @@ TEST(CudaOps, TransposeGatherCopy) {
 // ------------------------------------------------------------------------------------------------ linear
 
 TEST(CudaOps, Linear) {
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {96, 130}, {130, 96}, {512, 2560}, {1000, 264}, {2304, 64}};
+  // Odd row counts and K / 8 not a multiple of the GEMV block's stride (257, 513, 1025 16-byte words: one
+  // thread with an extra word, one or several steps) for the split-K GEMV; K % 8 != 0 falls back to cuBLAS.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{96, 130},  {130, 96},  {512, 2560}, {1000, 264},
+                                                           {2304, 64}, {37, 2056}, {13, 4104},  {67, 8200}};
+  const int variants = cuda::gemv_override(-1, -1);
   for (auto [N, K] : shapes)
     for (int64_t M : {1, 2, 3, 8, 13, 17, 64, 130}) {
       auto x = randn_bf16(size_t(M * K)), w = randn_bf16(size_t(N * K), float(1.0 / std::sqrt(double(K))));
@@ -378,14 +386,68 @@ TEST(CudaOps, Linear) {
       Tensor gx = gpu_bf16(x, {M, K}), gw = gpu_bf16(w, {N, K});
       for (CudaLinearPath path : {CudaLinearPath::Auto, CudaLinearPath::Gemv, CudaLinearPath::Cublas}) {
         cuda_set_linear_path(gpu(), path);
-        Guarded o(DType::BF16, {M, N});
-        gpu().linear(o.t, gx, gw);
-        o.check("linear");
-        EXPECT_NERR(host_f32(o.t), ref, kTol1,
-                    "linear M=" << M << " N=" << N << " K=" << K << " path=" << int(path));
+        // Every GEMV variant (the dispatch picks among them by shape; -1 = the one picked), with and without
+        // programmatic dependent launch.
+        for (int pdl : {1, 0})
+          for (int v = -1; v < (path == CudaLinearPath::Gemv ? variants : 0); v++) {
+            cuda::gemv_override(v, pdl);
+            Guarded o(DType::BF16, {M, N});
+            gpu().linear(o.t, gx, gw);
+            o.check("linear");
+            EXPECT_NERR(host_f32(o.t), ref, kTol1,
+                        "linear M=" << M << " N=" << N << " K=" << K << " path=" << int(path)
+                                    << " variant=" << v << " pdl=" << pdl);
+          }
+        cuda::gemv_override(-1, 1);
       }
       cuda_set_linear_path(gpu(), CudaLinearPath::Auto);
     }
+  // A chain of dependent GEMVs (each reads the previous output) under PDL, in a CUDA graph: the same bits as
+  // one by one without PDL.
+  {
+    const int64_t D = 2048;
+    auto x = randn_bf16(size_t(D)), w = randn_bf16(size_t(D * D), float(1.0 / std::sqrt(double(D))));
+    Tensor gw = gpu_bf16(w, {D, D});
+    std::vector<Tensor> ref(6), got(6);
+    cuda_set_linear_path(gpu(), CudaLinearPath::Gemv);
+    for (int pdl : {0, 1}) {
+      cuda::gemv_override(-1, pdl);
+      std::vector<Tensor>& h = pdl ? got : ref;
+      h[0] = gpu_bf16(x, {1, D});
+      for (size_t i = 1; i < h.size(); i++) h[i] = gpu().alloc(DType::BF16, {1, D});
+      auto run = [&] {
+        for (size_t i = 1; i < h.size(); i++) gpu().linear(h[i], h[i - 1], gw);
+      };
+      if (pdl) {
+        auto g = gpu().capture(run);
+        g->replay();
+      } else {
+        run();
+      }
+    }
+    for (size_t i = 1; i < ref.size(); i++)
+      EXPECT_EQ(host_f32(got[i]), host_f32(ref[i])) << "chain step " << i;
+    cuda::gemv_override(-1, 1);
+    cuda_set_linear_path(gpu(), CudaLinearPath::Auto);
+  }
+}
+
+// GEMV: the same bits on every run (fixed reduction order), for every variant.
+TEST(CudaOps, LinearGemvDeterministic) {
+  const int64_t M = 3, N = 300, K = 4104;
+  auto x = randn_bf16(size_t(M * K)), w = randn_bf16(size_t(N * K), float(1.0 / std::sqrt(double(K))));
+  Tensor gx = gpu_bf16(x, {M, K}), gw = gpu_bf16(w, {N, K});
+  cuda_set_linear_path(gpu(), CudaLinearPath::Gemv);
+  const int variants = cuda::gemv_override(-1, -1);
+  for (int v = 0; v < variants; v++) {
+    cuda::gemv_override(v, -1);
+    Tensor a = gpu().alloc(DType::BF16, {M, N}), b = gpu().alloc(DType::BF16, {M, N});
+    gpu().linear(a, gx, gw);
+    gpu().linear(b, gx, gw);
+    EXPECT_EQ(host_f32(a), host_f32(b)) << "variant " << v;
+  }
+  cuda::gemv_override(-1, -1);
+  cuda_set_linear_path(gpu(), CudaLinearPath::Auto);
 }
 
 // ------------------------------------------------------------------------------------------------ rope

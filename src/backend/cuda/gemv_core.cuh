@@ -1,7 +1,8 @@
 // The warp-level GEMV core shared by linear.cu and moe.cu: a warp computes RW weight rows against MT token
 // rows, lanes striding K with 16-byte streaming loads (L1 no-allocate), U * RW weight loads in flight per
 // lane before the FMAs, fp32 accumulation, and an xor-shuffle reduction so every lane ends with the full
-// sums.
+// sums. Also the pieces of linear.cu's split-K GEMV: bf16 unpacking and a transposed warp reduction of many
+// values at once.
 #pragma once
 #include "backend/cuda/cuda_common.cuh"
 
@@ -76,26 +77,43 @@ __device__ __forceinline__ void unpack8(const uint4& a, float (&f)[8]) {
   }
 }
 
+// p ? a : b, opaque to the compiler (a plain select of two elements of a register array can be folded into
+// a select of their addresses, which puts the array in local memory).
+__device__ __forceinline__ float select_f(bool p, float a, float b) {
+  float r;
+  asm("{\n\t.reg .pred q;\n\tsetp.ne.u32 q, %3, 0;\n\tselp.f32 %0, %1, %2, q;\n\t}"
+      : "=f"(r)
+      : "f"(a), "f"(b), "r"(unsigned(p)));
+  return r;
+}
+
+// One step of warp_sum_transposed: N values left, partner lane^O.
+template <int N, int O, int P>
+__device__ __forceinline__ void warp_sum_step(float (&v)[P], int lane) {
+  if constexpr (O > 0) {
+    if constexpr (N > 1) {
+      const bool upper = (lane & O) != 0;
+#pragma unroll
+      for (int i = 0; i < N / 2; i++) {
+        const float lo = v[i], hi = v[i + N / 2];
+        const float send = select_f(upper, lo, hi), keep = select_f(upper, hi, lo);
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      }
+      warp_sum_step<N / 2, O / 2>(v, lane);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+      warp_sum_step<1, O / 2>(v, lane);
+    }
+  }
+}
+
 // Sums each of P values (a power of two <= 32) over the 32 lanes of a warp with P - 1 + 5 - log2(P) shuffles
 // instead of 5 P: each step sends half of the values to the partner lane and keeps the other half. On return
 // v[0] of lane l holds the total of value l / (32 / P). A fixed order: deterministic.
 template <int P>
 __device__ __forceinline__ float warp_sum_transposed(float (&v)[P], int lane) {
   static_assert(P >= 1 && P <= 32 && (P & (P - 1)) == 0, "P: a power of two <= 32");
-#pragma unroll
-  for (int s = 0; s < 5; s++) {
-    const int o = 16 >> s, n = P >> s;
-    if (n > 1) {
-      const bool upper = (lane & o) != 0;
-#pragma unroll
-      for (int i = 0; i < n / 2; i++) {
-        const float send = upper ? v[i] : v[i + n / 2], keep = upper ? v[i + n / 2] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-      }
-    } else {
-      v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-    }
-  }
+  warp_sum_step<P, 16>(v, lane);
   return v[0];
 }
 
