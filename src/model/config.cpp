@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <algorithm>
+
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -183,12 +185,12 @@ TextConfig parse_text(const json& j, const std::string& where) {
       else if (k == "full_attention")
         by_type[LayerType::Full] = o;
       else {
+        // A layer index, possibly zero-padded: HF's save_pretrained writes "04" for layer 4.
         int idx = -1;
-        try {
+        if (!k.empty() && k.size() <= 6 &&
+            std::all_of(k.begin(), k.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
           idx = std::stoi(k);
-        } catch (...) {
-        }
-        MTP_CHECK(idx >= 0 && idx < c.num_hidden_layers && std::to_string(idx) == k,
+        MTP_CHECK(idx >= 0 && idx < c.num_hidden_layers,
                   "{}: key is neither a layer index in [0, {}) nor a layer type", w, c.num_hidden_layers);
         by_index[idx] = o;
       }

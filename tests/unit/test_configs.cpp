@@ -3,6 +3,11 @@
 // on weightless models: no weights are generated).
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "model/assistant.h"
 
 namespace mtpserve {
@@ -84,6 +89,29 @@ TEST(Configs, MismatchedPairIsRefused) {
   Gemma4Model target(load_config(cfg_dir("31B")), TargetWeights{}, *be);
   ModelConfig a = load_config(cfg_dir("E2B-assistant"));
   EXPECT_THROW(Gemma4Assistant(a.assistant, AssistantWeights{}, target, 1), Error);
+}
+
+// HF's save_pretrained writes per_layer_config keys zero-padded ("04"): they are layer indices too.
+TEST(Configs, ZeroPaddedPerLayerConfigKeys) {
+  std::ifstream f(cfg_dir("E2B") + "/config.json");
+  ASSERT_TRUE(f.good());
+  nlohmann::json j = nlohmann::json::parse(f);
+  auto& tc = j.contains("text_config") ? j["text_config"] : j;
+  const int L = tc["num_hidden_layers"];
+  int full = -1;
+  for (int i = 0; i < L && full < 0; i++)
+    if (tc["layer_types"][i] == "full_attention") full = i;
+  ASSERT_GE(full, 0);
+  ModelConfig plain = parse_config(j.dump(), "E2B");
+  tc["per_layer_config"] = nlohmann::json::object();
+  const int hd = plain.text.layers[full].head_dim / 2;  // visibly applied, to every full layer
+  for (int i = 0; i < L; i++)
+    if (tc["layer_types"][i] == "full_attention")
+      tc["per_layer_config"][fmt::format("{:02d}", i)] = {{"head_dim", hd}};
+  ModelConfig padded = parse_config(j.dump(), "E2B, zero-padded keys");
+  EXPECT_EQ(padded.text.layers[full].head_dim, hd);
+  tc["per_layer_config"] = {{"4x", {{"head_dim", 256}}}};
+  EXPECT_THROW(parse_config(j.dump(), "bad key"), Error);
 }
 
 }  // namespace
