@@ -238,20 +238,51 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   }
 }
 
+// Block-wide max / sum (blockDim a multiple of 32); every thread gets the result.
+template <bool kMax>
+__device__ float block_reduce(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : (kMax ? -INFINITY : 0.f);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  return v;
+}
+
+// Merge the splits of one (row, head): the splits' rescale weights exp(m_c - M) are computed once into shared
+// memory, then each thread sums its dims over the splits with independent loads (no per-split branch), so a
+// batch-1 row split hundreds of ways merges in a few microseconds instead of walking the splits serially.
 __global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos,
                                   int nh, int D, int nsplit, DevErr* err) {
+  extern __shared__ float wsh[];  // [nsplit rounded up to 8]: the unrolled loop below may load 8 at a time
+  __shared__ float red[32];
   const int64_t rh = blockIdx.x;  // r * nh + h
   const float* ml = ws_ml + rh * nsplit * 2;
-  float M = -INFINITY;
-  for (int c = 0; c < nsplit; c++)
-    if (ml[2 * c + 1] > 0.f) M = fmaxf(M, ml[2 * c]);
-  float L = 0.f;
-  for (int c = 0; c < nsplit; c++)
-    if (ml[2 * c + 1] > 0.f) L += ml[2 * c + 1] * __expf(ml[2 * c] - M);
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < nsplit; c += blockDim.x)
+    if (ml[2 * c + 1] > 0.f) m = fmaxf(m, ml[2 * c]);
+  const float M = block_reduce<true>(m, red);
+  float l = 0.f;
+  const int padded = (nsplit + 7) / 8 * 8;
+  for (int c = threadIdx.x; c < padded; c += blockDim.x) {
+    const float w = c < nsplit && ml[2 * c + 1] > 0.f ? __expf(ml[2 * c] - M) : 0.f;
+    wsh[c] = w;
+    if (c < nsplit) l += ml[2 * c + 1] * w;
+  }
+  const float L = block_reduce<false>(l, red);  // its barriers also publish wsh
+  const float* acc = ws_acc + rh * nsplit * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float A = 0.f;
-    for (int c = 0; c < nsplit; c++)
-      if (ml[2 * c + 1] > 0.f) A += ws_acc[(rh * nsplit + c) * D + d] * __expf(ml[2 * c] - M);
+#pragma unroll 8
+    for (int c = 0; c < nsplit; c++) A += acc[int64_t(c) * D + d] * wsh[c];
     out[rh * D + d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
   }
   if (L <= 0.f && threadIdx.x == 0 && rh % nh == 0)
@@ -376,7 +407,7 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   while (chunk < span && ctas * ((span + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
     chunk *= 2;
   const int nsplit = int((span + chunk - 1) / chunk);
-  MTP_CHECK(T < (1LL << 31) && nsplit < 65536 && kvh * hblocks < 65536, "cuda attention: grid too large");
+  MTP_CHECK(T < (1LL << 31) && nsplit <= 12288 && kvh * hblocks < 65536, "cuda attention: grid too large");
 
   AttnParams p{};
   p.q = cbf(q);
@@ -427,8 +458,8 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   }
   check_launch("attention");
   if (nsplit > 1) {
-    attn_merge_kernel<<<unsigned(T * nh), 128, 0, c.stream>>>(mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh),
-                                                              int(D), nsplit, c.err);
+    attn_merge_kernel<<<unsigned(T * nh), 256, size_t((nsplit + 7) / 8 * 8) * sizeof(float), c.stream>>>(
+        mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D), nsplit, c.err);
     check_launch("attention (merge)");
   }
 }
