@@ -76,9 +76,9 @@ class Backend {
   // Post-norm and residual add of a sub-block: x[R, D] = (x + rms_norm(o[R, D]) * w[D]) * scale, scale a [1]
   // tensor (the layer_scalar) or undefined for 1. Rounds as rms_norm, add, mul_bcast in turn would.
   virtual void rms_norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale) = 0;
-  // The same without scale, then the next sub-block's normed input: h[R, D] = rms_norm(new x) * hw[D].
+  // The same, then the next sub-block's normed input: h[R, D] = rms_norm(new x) * hw[D].
   virtual void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
-                                 float eps) = 0;
+                                 float eps, const Tensor& scale) = 0;
   // out[M, I] = gelu_tanh(gate[M, I]) * up[M, I]
   virtual void gelu_mul(Tensor out, const Tensor& gate, const Tensor& up) = 0;
   // out[M, I] = gelu_tanh(gu[M, :I]) * gu[M, I:]   (fused gate|up projection output [M, 2I])
@@ -93,6 +93,9 @@ class Backend {
   // --- linear ---
   // out[M, N] = x[M, K] @ w[N, K]^T  (PyTorch Linear layout)
   virtual void linear(Tensor out, const Tensor& x, const Tensor& w) = 0;
+  // out[M, N] = (gelu_tanh(gate) * up)[M, I] @ w[N, I]^T, the product rounded as gelu_mul rounds it; up
+  // undefined: gate [M, 2I] holds gate | up (gelu_mul_fused). Default: gelu_mul(_fused), then linear.
+  virtual void gelu_linear(Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
 
   // --- attention ---
   // In place on x [T, heads, D]: half-split (NeoX) rotation of pairs (j, j + D/2) by angle
@@ -103,6 +106,13 @@ class Backend {
   // v[T, kvh, D] = rms_norm(v) (no weight). Rounds as rms_norm then rope would.
   virtual void qkv_norm_rope(Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
                              const Tensor& positions, const Tensor& inv_freq, float eps) = 0;
+  // qkv_norm_rope and kv_write from one fused projection qkv [T, nh + 2 kvh, D] (heads q | k | v), or
+  // [T, nh + kvh, D] when V is K (attention_k_eq_v: v = rms_norm(k before its norm and RoPE)): q [T, nh, D]
+  // receives the normed, rotated queries; k and v go straight to their cache slots (kvh from k_cache).
+  // Default: split the heads, then qkv_norm_rope and kv_write.
+  virtual void qkv_norm_rope_kv(Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
+                                const Tensor& positions, const Tensor& inv_freq, float eps, Tensor k_cache,
+                                Tensor v_cache, const AttnMeta& m, const KvPageTable& pt);
   // Write k, v [T, kv_heads, D] of the query rows to their cache slots (prefix_len[s] + i) of
   // k_cache, v_cache [num_slots, kv_heads, D].
   virtual void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,

@@ -104,7 +104,7 @@ Gemma4Assistant::Gemma4Assistant(AssistantConfig cfg, AssistantWeights w, const 
             a.sliding_window, t.sliding_window);
   inv_freq_sliding_ = target.inv_freq(LayerType::Sliding);
   inv_freq_full_ = target.inv_freq(LayerType::Full);
-  for (LayerWeights& lw : w_.layers) fuse_gate_up(target.backend(), lw);
+  for (LayerWeights& lw : w_.layers) fuse_projections(target.backend(), lw);
 }
 
 DraftStepOutput Gemma4Assistant::step(const DraftRows& rows, const Tensor& h, KvStorage& kv) const {
@@ -133,14 +133,21 @@ DraftStepOutput Gemma4Assistant::step_device(const DeviceMeta& meta, const Tenso
   Tensor both = be.alloc(act, {2, B, Hb});
   be.embed(both.rows(0, 1).view({B, Hb}), meta.tokens, target_.weights().embed_tokens, target_.embed_scale());
   be.copy(both.rows(1, 2).view({B, Hb}), h);
-  Tensor cat = be.alloc(act, {B, 2, Hb});
-  be.transpose01(cat, both);  // [B, 2, Hb] = per row [embedding, hidden]
+  Tensor cat = both.view({B, 2, Hb});  // one row: [2, 1, Hb] is already [embedding, hidden]
+  if (B > 1) {
+    cat = be.alloc(act, {B, 2, Hb});
+    be.transpose01(cat, both);  // [B, 2, Hb] = per row [embedding, hidden]
+  }
   Tensor x = be.alloc(act, {B, Ha});
   be.linear(x, cat.view({B, 2 * Hb}), w_.pre_projection);
 
+  Tensor hn = be.alloc(act, {B, Ha});  // each layer's normed input, written by its predecessor
+  be.rms_norm(hn, x, w_.layers[0].input_layernorm, float(a.rms_norm_eps));
   for (int l = 0; l < a.num_hidden_layers; l++) {
     const LayerSpec& s = a.layers[l];
     LayerContext ctx;
+    ctx.h = hn;
+    if (l + 1 < a.num_hidden_layers) ctx.next_input_norm = &w_.layers[l + 1].input_layernorm;
     ctx.attn = &meta.attn;
     ctx.pages = s.type == LayerType::Full ? &meta.full : &meta.sliding;
     ctx.k_cache = kv.k[owner_[l]];

@@ -128,44 +128,39 @@ DeviceMeta upload_meta(Backend& be, const ForwardBatch& b, bool block_keys) {
 
 void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
                    const LayerContext& ctx) {
-  MTP_ASSERT(ctx.attn && ctx.pages && ctx.inv_freq && ctx.k_cache.defined());
+  MTP_ASSERT(ctx.attn && ctx.pages && ctx.inv_freq && ctx.k_cache.defined() && ctx.h.defined());
+  MTP_ASSERT(!lw.up_proj.defined() && !lw.k_proj.defined());  // fused: gate_proj = gate|up, q_proj = q|k|v
   const DType act = be.act_dtype();
   const int64_t T = x.dim(0), H = c.hidden_size, nh = c.num_attention_heads;
-  const int64_t D = s.head_dim, kvh = s.num_kv_heads, I = s.mlp_width, P = c.hidden_size_per_layer_input;
+  const int64_t D = s.head_dim, I = s.mlp_width, P = c.hidden_size_per_layer_input;
   const float eps = float(c.rms_norm_eps);
-  Tensor h = be.alloc(act, {T, H});  // normed input of a sub-block
+  Tensor h = ctx.h;                  // [T, H] normed input of a sub-block (given: input_layernorm(x))
   Tensor o = be.alloc(act, {T, H});  // sub-block output
 
-  // --- attention: q/k/v projections, per-head RMSNorm (v without weight), RoPE on q and k ---
-  be.rms_norm(h, x, lw.input_layernorm, eps);
-  Tensor q = be.alloc(act, {T, nh, D}), k, v;  // k, v: only on KV-owning layers
-  be.linear(q.view({T, nh * D}), h, lw.q_proj);
+  // --- attention: q/k/v projection, per-head RMSNorm (v without weight), RoPE on q and k, KV write ---
+  Tensor q = be.alloc(act, {T, nh, D});
   if (s.stores_kv) {
-    k = be.alloc(act, {T, kvh, D});
-    v = be.alloc(act, {T, kvh, D});
-    be.linear(k.view({T, kvh * D}), h, lw.k_proj);
-    if (s.has_v_proj)
-      be.linear(v.view({T, kvh * D}), h, lw.v_proj);
-    else
-      be.copy(v, k);  // attention_k_eq_v: V = v_norm(k_proj(x)), taken before k_norm and RoPE
+    const int64_t heads = lw.q_proj.dim(0) / D;  // nh + 2 kvh, or nh + kvh when V is K
+    Tensor qkv = be.alloc(act, {T, heads, D});
+    be.linear(qkv.view({T, heads * D}), h, lw.q_proj);
+    be.qkv_norm_rope_kv(q, qkv, lw.q_norm, lw.k_norm, ctx.attn->positions, *ctx.inv_freq, eps, ctx.k_cache,
+                        ctx.v_cache, *ctx.attn, *ctx.pages);
+  } else {  // KV-shared or Q-only layer: reads the cache its owner wrote
+    be.linear(q.view({T, nh * D}), h, lw.q_proj);
+    be.qkv_norm_rope(q, Tensor(), Tensor(), lw.q_norm, Tensor(), ctx.attn->positions, *ctx.inv_freq, eps);
   }
-  be.qkv_norm_rope(q, k, v, lw.q_norm, lw.k_norm, ctx.attn->positions, *ctx.inv_freq, eps);
-  if (s.stores_kv) be.kv_write(ctx.k_cache, ctx.v_cache, k, v, *ctx.attn, *ctx.pages);
   Tensor attn = be.alloc(act, {T, nh, D});
   be.attention(attn, q, ctx.k_cache, ctx.v_cache, *ctx.attn, *ctx.pages, ctx.window);
   be.linear(o, attn.view({T, nh * D}), lw.o_proj);
   // x = residual + post_attention_layernorm(attn_out); h = pre_feedforward_layernorm(x)
-  be.rms_norm_add_norm(x, h, o, lw.post_attention_layernorm, lw.pre_feedforward_layernorm, eps);
+  be.rms_norm_add_norm(x, h, o, lw.post_attention_layernorm, lw.pre_feedforward_layernorm, eps, Tensor());
 
   // --- feed-forward: gated GELU MLP, plus the MoE block in parallel on the same residual ---
-  MTP_ASSERT(!lw.up_proj.defined());  // gate_proj holds [gate | up] (fuse_gate_up)
-  Tensor a = be.alloc(act, {T, I});
   {
     Tensor gate_up = be.alloc(act, {T, 2 * I});
     be.linear(gate_up, h, lw.gate_proj);
-    be.gelu_mul_fused(a, gate_up);
+    be.gelu_linear(o, gate_up, Tensor(), lw.down_proj);  // down_proj(gelu(gate) * up)
   }
-  be.linear(o, a, lw.down_proj);
   if (c.enable_moe_block) {
     const int64_t E = c.num_experts, K = c.top_k_experts;
     be.rms_norm(o, o, lw.post_feedforward_layernorm_1, eps);  // h1
@@ -184,40 +179,67 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
     be.rms_norm(moe, moe, lw.post_feedforward_layernorm_2, eps);  // h2
     be.add(o, o, moe);
   }
-  // The whole residual stream is scaled by layer_scalar, folded into the layer's last residual add.
-  be.rms_norm_add(x, o, lw.post_feedforward_layernorm, eps, P > 0 ? Tensor() : lw.layer_scalar);
+  // The layer's last residual add: the whole residual stream is scaled by layer_scalar there, and the next
+  // layer's input norm (when there is one) is taken from the new x in the same pass.
+  auto last_add = [&](const Tensor& out, const Tensor& w) {
+    if (ctx.next_input_norm)
+      be.rms_norm_add_norm(x, h, out, w, *ctx.next_input_norm, eps, lw.layer_scalar);
+    else
+      be.rms_norm_add(x, out, w, eps, lw.layer_scalar);
+  };
+  if (P == 0) {
+    last_add(o, lw.post_feedforward_layernorm);
+    return;
+  }
+  be.rms_norm_add(x, o, lw.post_feedforward_layernorm, eps, Tensor());
 
   // --- per-layer embedding gate, after the FFN residual ---
-  if (P > 0) {
-    MTP_ASSERT(ctx.ple.defined());
-    Tensor g = be.alloc(act, {T, P});
-    be.linear(g, x, lw.per_layer_input_gate);
-    be.gelu_mul(g, g, ctx.ple);
-    be.linear(o, g, lw.per_layer_projection);
-    be.rms_norm_add(x, o, lw.post_per_layer_input_norm, eps, lw.layer_scalar);
-  }
+  MTP_ASSERT(ctx.ple.defined());
+  Tensor g = be.alloc(act, {T, P});
+  be.linear(g, x, lw.per_layer_input_gate);
+  be.gelu_linear(o, g, ctx.ple, lw.per_layer_projection);  // per_layer_projection(gelu(gate) * ple)
+  last_add(o, lw.post_per_layer_input_norm);
 }
 
-void fuse_gate_up(Backend& be, LayerWeights& lw) {
-  if (!lw.up_proj.defined()) return;  // already fused
-  const Tensor &gate = lw.gate_proj, &up = lw.up_proj;
-  MTP_CHECK(gate.ndim == 2 && up.ndim == 2 && gate.dim(0) == up.dim(0) && gate.dim(1) == up.dim(1),
-            "mlp: gate_proj {} and up_proj {} differ in shape", gate.shape_str(), up.shape_str());
-  const int64_t I = gate.dim(0), H = gate.dim(1);
-  const DType dt = gate.dtype == up.dtype ? gate.dtype : DType::F32;  // mixed storage: widen both
-  Tensor gate_up = be.alloc_weight(dt, {2 * I, H});
-  int64_t row = 0;
-  for (const Tensor* src : {&gate, &up}) {
-    Tensor dst = gate_up.rows(row, row + I);
-    if (src->dtype == dt)
-      be.copy(dst, *src);
-    else
-      be.to_f32(dst, *src);
-    row += I;
+// dst [sum rows, K] = the tensors' rows in turn, in one weight allocation (widened to F32 when dtypes mix).
+static Tensor concat_rows(Backend& be, const std::vector<const Tensor*>& parts, const char* what) {
+  MTP_ASSERT(!parts.empty());
+  const int64_t K = parts[0]->dim(1);
+  int64_t rows = 0;
+  DType dt = parts[0]->dtype;
+  for (const Tensor* t : parts) {
+    MTP_CHECK(t->ndim == 2 && t->dim(1) == K, "{}: projections {} and {} differ in input width", what,
+              parts[0]->shape_str(), t->shape_str());
+    rows += t->dim(0);
+    if (t->dtype != dt) dt = DType::F32;  // mixed storage: widen all
   }
-  be.synchronize();        // the copies have read gate and up before they are released
-  lw.gate_proj = gate_up;  // the separate tensors go with their last reference
-  lw.up_proj = Tensor();
+  Tensor dst = be.alloc_weight(dt, {rows, K});
+  int64_t row = 0;
+  for (const Tensor* t : parts) {
+    Tensor part = dst.rows(row, row + t->dim(0));
+    if (t->dtype == dt)
+      be.copy(part, *t);
+    else
+      be.to_f32(part, *t);
+    row += t->dim(0);
+  }
+  be.synchronize();  // the copies have read the parts before they are released
+  return dst;
+}
+
+void fuse_projections(Backend& be, LayerWeights& lw) {
+  if (lw.up_proj.defined()) {
+    MTP_CHECK(lw.gate_proj.shape_str() == lw.up_proj.shape_str(), "mlp: gate_proj {} and up_proj {} differ",
+              lw.gate_proj.shape_str(), lw.up_proj.shape_str());
+    lw.gate_proj = concat_rows(be, {&lw.gate_proj, &lw.up_proj}, "mlp");  // the parts go with their last
+    lw.up_proj = Tensor();                                                // reference
+  }
+  if (lw.k_proj.defined()) {
+    std::vector<const Tensor*> parts{&lw.q_proj, &lw.k_proj};
+    if (lw.v_proj.defined()) parts.push_back(&lw.v_proj);
+    lw.q_proj = concat_rows(be, parts, "attention");
+    lw.k_proj = lw.v_proj = Tensor();
+  }
 }
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& be) {
@@ -245,7 +267,7 @@ Gemma4Model::Gemma4Model(ModelConfig cfg, TargetWeights w, Backend& be)
   inv_freq_full_ = upload_f32(rope_inv_freq(c.rope_full, c.global_head_dim));
   float s = float(std::sqrt(double(c.hidden_size)));
   embed_scale_ = be_.act_dtype() == DType::BF16 ? round_bf16(s) : s;
-  for (LayerWeights& lw : w_.layers) fuse_gate_up(be_, lw);
+  for (LayerWeights& lw : w_.layers) fuse_projections(be_, lw);
 }
 
 KvStorage Gemma4Model::allocate_kv(int full_pages, int sliding_pages) const {
@@ -305,9 +327,13 @@ ForwardOutput Gemma4Model::forward_device(const DeviceMeta& meta, KvStorage& kv)
     be.transpose01(ple, proj.view({T, L, P}));
   }
 
+  Tensor h = be.alloc(act, {T, H});  // the next layer's normed input (each layer writes its successor's)
+  be.rms_norm(h, x, w_.layers[0].input_layernorm, eps);
   for (int64_t i = 0; i < L; i++) {
     const LayerSpec& s = c.layers[i];
     LayerContext ctx;
+    ctx.h = h;
+    if (i + 1 < L) ctx.next_input_norm = &w_.layers[i + 1].input_layernorm;
     ctx.attn = &meta.attn;
     ctx.pages = s.type == LayerType::Full ? &meta.full : &meta.sliding;
     ctx.k_cache =

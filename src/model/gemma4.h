@@ -82,17 +82,22 @@ struct LayerContext {
   int window = 0;                      // 0: full attention
   const Tensor* inv_freq = nullptr;    // RoPE of the layer type
   Tensor ple;                          // [T, P] per-layer input, undefined without PLE
+  // [T, H] in: this layer's normed input input_layernorm(x); out: the next layer's, when next_input_norm is
+  // given (its input_layernorm weight: the norm is fused into this layer's last residual add).
+  Tensor h;
+  const Tensor* next_input_norm = nullptr;
 };
 
 // One Gemma4TextDecoderLayer on the residual stream x [T, H] (gemma4-architecture.md §2.9), in place. `lw`
-// has its MLP's gate and up projections fused (fuse_gate_up).
+// has its projections fused (fuse_projections).
 void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpec& s, const TextConfig& c,
                    const LayerContext& ctx);
 
-// Replaces gate_proj [I, H] and up_proj [I, H] by their concatenation [gate | up] [2I, H] in gate_proj
-// (up_proj undefined), so the MLP runs one projection; the separate tensors are released. Both models do this
-// once at construction; a no-op when already fused.
-void fuse_gate_up(Backend& be, LayerWeights& lw);
+// Concatenates projections that read the same input, so each runs as one: gate_proj [I, H] and up_proj
+// [I, H] become gate_proj = [gate | up] [2I, H]; q_proj, k_proj (and v_proj) become q_proj = [q | k | v]
+// [(nh + 2 kvh) D, H] (k_proj, v_proj undefined; [q | k] when V is K). The separate tensors are released.
+// Both models do this once at construction; a no-op when already fused.
+void fuse_projections(Backend& be, LayerWeights& lw);
 
 // Inverse RoPE frequencies [D/2] for one layer type (default, or proportional with partial rotation).
 std::vector<float> rope_inv_freq(const RopeParams& p, int head_dim);

@@ -15,14 +15,15 @@ struct LayerWeights {
   Tensor input_layernorm, post_attention_layernorm, pre_feedforward_layernorm,
       post_feedforward_layernorm;  // [H]
   Tensor layer_scalar;             // [1]
-  Tensor q_proj;                   // [nh*D, H]
-  Tensor q_norm;                   // [D]
-  Tensor k_proj;                   // [kvh*D, H]   (owner layers only)
-  Tensor k_norm;                   // [D]          (owner layers only)
-  Tensor v_proj;                   // [kvh*D, H]   (owner layers with has_v_proj)
-  Tensor o_proj;                   // [H, nh*D]
-  Tensor gate_proj, up_proj;       // [I, H]
-  Tensor down_proj;                // [H, I]
+  // As loaded; the models then fuse them (fuse_projections): q_proj = [q | k | v], gate_proj = [gate | up].
+  Tensor q_proj;              // [nh*D, H]
+  Tensor q_norm;              // [D]
+  Tensor k_proj;              // [kvh*D, H]   (owner layers only)
+  Tensor k_norm;              // [D]          (owner layers only)
+  Tensor v_proj;              // [kvh*D, H]   (owner layers with has_v_proj)
+  Tensor o_proj;              // [H, nh*D]
+  Tensor gate_proj, up_proj;  // [I, H]
+  Tensor down_proj;           // [H, I]
   // PLE (hidden_size_per_layer_input P > 0)
   Tensor per_layer_input_gate;       // [P, H]
   Tensor per_layer_projection;       // [H, P]

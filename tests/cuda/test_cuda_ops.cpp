@@ -75,7 +75,7 @@ TEST(CudaOps, RmsNorm) {
 TEST(CudaOps, RmsNormAdd) {
   for (auto [R, D] :
        std::vector<std::pair<int64_t, int64_t>>{{1, 96}, {3, 130}, {9, 1536}, {2, 5376}, {7, 10}})
-    for (int variant : {0, 1, 2}) {  // plain, scaled (layer_scalar), with the next norm
+    for (int variant : {0, 1, 2, 3}) {  // plain, scaled (layer_scalar), next norm, both
       SCOPED_TRACE(testing::Message() << "R=" << R << " D=" << D << " variant " << variant);
       auto x = randn_bf16(size_t(R * D), 2.0f), o = randn_bf16(size_t(R * D), 3.0f);
       auto w = rand_bf16(size_t(D), 0.8f, 1.2f), hw = rand_bf16(size_t(D), 0.8f, 1.2f);
@@ -83,27 +83,29 @@ TEST(CudaOps, RmsNormAdd) {
       Tensor cx = cpu_f32(x, {R, D}), ch = cpu().alloc(DType::F32, {R, D});
       Tensor gx = gpu_bf16(x, {R, D}), go = gpu_bf16(o, {R, D}), gw = gpu_bf16(w, {D}),
              ghw = gpu_bf16(hw, {D});
-      Tensor gs = variant == 1 ? gpu_bf16(sc, {1}) : Tensor();
+      const bool scaled = variant == 1 || variant == 3, next = variant >= 2;
+      Tensor gs = scaled ? gpu_bf16(sc, {1}) : Tensor();
       Guarded fx(DType::BF16, {R, D}), fh(DType::BF16, {R, D});  // fused: x in place, h
       gpu().copy(fx.t, gx);
-      if (variant == 2) {
-        cpu().rms_norm_add_norm(cx, ch, cpu_f32(o, {R, D}), cpu_bf16(w, {D}), cpu_bf16(hw, {D}), 1e-6f);
-        gpu().rms_norm_add_norm(fx.t, fh.t, go, gw, ghw, 1e-6f);
+      if (next) {
+        cpu().rms_norm_add_norm(cx, ch, cpu_f32(o, {R, D}), cpu_bf16(w, {D}), cpu_bf16(hw, {D}), 1e-6f,
+                                scaled ? cpu_bf16(sc, {1}) : Tensor());
+        gpu().rms_norm_add_norm(fx.t, fh.t, go, gw, ghw, 1e-6f, gs);
         fh.check("rms_norm_add_norm h");
       } else {
         cpu().rms_norm_add(cx, cpu_f32(o, {R, D}), cpu_bf16(w, {D}), 1e-6f,
-                           variant ? cpu_bf16(sc, {1}) : Tensor());
+                           scaled ? cpu_bf16(sc, {1}) : Tensor());
         gpu().rms_norm_add(fx.t, go, gw, 1e-6f, gs);
       }
       fx.check("rms_norm_add x");
       EXPECT_NERR(host_f32(fx.t), host_f32(cx), kTolN, "rms_norm_add x");
-      if (variant == 2) EXPECT_NERR(host_f32(fh.t), host_f32(ch), kTolN, "rms_norm_add_norm h");
+      if (next) EXPECT_NERR(host_f32(fh.t), host_f32(ch), kTolN, "rms_norm_add_norm h");
       Tensor t = gpu().alloc(DType::BF16, {R, D}), uh = gpu().alloc(DType::BF16, {R, D});  // unfused
       gpu().rms_norm(t, go, gw, 1e-6f);
       gpu().add(gx, gx, t);
-      if (variant == 1) gpu().mul_bcast(gx, gx, gs);
+      if (scaled) gpu().mul_bcast(gx, gx, gs);
       EXPECT_EQ(host_f32(fx.t), host_f32(gx)) << "fused x differs from rms_norm + add (+ mul_bcast)";
-      if (variant == 2) {
+      if (next) {
         gpu().rms_norm(uh, gx, ghw, 1e-6f);
         EXPECT_EQ(host_f32(fh.t), host_f32(uh)) << "fused h differs from rms_norm of the new x";
       }

@@ -113,9 +113,9 @@ class CpuBackend final : public Backend {
   void rms_norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale) override {
     norm_add(x, o, w, eps, scale, Tensor(), Tensor());
   }
-  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
-                         float eps) override {
-    norm_add(x, o, w, eps, Tensor(), h, hw);
+  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw, float eps,
+                         const Tensor& scale) override {
+    norm_add(x, o, w, eps, scale, h, hw);
   }
   // x = (x + rms_norm(o) * w) * scale; then, when h is defined, h = rms_norm(x) * hw.
   void norm_add(Tensor x, const Tensor& o, const Tensor& w, float eps, const Tensor& scale, Tensor h,

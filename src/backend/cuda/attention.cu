@@ -38,20 +38,55 @@ struct AttnParams {
   bool block_keys;
 };
 
-__device__ __forceinline__ int find_seq(const int32_t* cu, int S, int r) {
-  int lo = 0, hi = S - 1;  // largest s with cu[s] <= r
-  while (lo < hi) {
-    int mid = (lo + hi + 1) >> 1;
-    if (cu[mid] <= r)
-      lo = mid;
-    else
-      hi = mid - 1;
+// Block-wide max / sum (blockDim a multiple of 32); every thread gets the result.
+template <bool kMax>
+__device__ float block_reduce(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
   }
-  return lo;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : (kMax ? -INFINITY : 0.f);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  return v;
+}
+
+// Merge the nsplit partials (acc, m, l) of one (row, head) into out[D], by the whole block: the splits'
+// rescale weights exp(m_c - M) once into shared memory w[nsplit], then each thread sums its dims over the
+// splits with independent loads.
+__device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const float* ml, int nsplit, int D,
+                                             float* w, float* red, bool& has_keys) {
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < nsplit; c += blockDim.x)
+    if (ml[2 * c + 1] > 0.f) m = fmaxf(m, ml[2 * c]);
+  const float M = block_reduce<true>(m, red);
+  float l = 0.f;
+  const int padded = (nsplit + 7) / 8 * 8;
+  for (int c = threadIdx.x; c < padded; c += blockDim.x) {
+    const float wc = c < nsplit && ml[2 * c + 1] > 0.f ? __expf(ml[2 * c] - M) : 0.f;
+    w[c] = wc;
+    if (c < nsplit) l += ml[2 * c + 1] * wc;
+  }
+  const float L = block_reduce<false>(l, red);  // its barriers also publish w
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < nsplit; c++) A += acc[int64_t(c) * D + d] * w[c];
+    out[d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
+  }
+  has_keys = L > 0.f;
+  __syncthreads();  // w and red are reused by the next call
 }
 
 template <int NI, int GB>
 __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
+  pdl_begin();
   constexpr int KB = 4;  // keys per warp batch
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x;
@@ -238,60 +273,26 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   }
 }
 
-// Block-wide max / sum (blockDim a multiple of 32); every thread gets the result.
-template <bool kMax>
-__device__ float block_reduce(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, u) : v + u;
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = lane < nw ? red[lane] : (kMax ? -INFINITY : 0.f);
-  for (int o = 16; o > 0; o >>= 1) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, u) : v + u;
-  }
-  return v;
-}
-
 // Merge the splits of one (row, head): the splits' rescale weights exp(m_c - M) are computed once into shared
 // memory, then each thread sums its dims over the splits with independent loads (no per-split branch), so a
 // batch-1 row split hundreds of ways merges in a few microseconds instead of walking the splits serially.
 __global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos,
                                   int nh, int D, int nsplit, DevErr* err) {
-  extern __shared__ float wsh[];  // [nsplit rounded up to 8]: the unrolled loop below may load 8 at a time
+  pdl_begin();
+  extern __shared__ float wsh[];  // [nsplit rounded up to 8]: the unrolled loop may load 8 at a time
   __shared__ float red[32];
   const int64_t rh = blockIdx.x;  // r * nh + h
-  const float* ml = ws_ml + rh * nsplit * 2;
-  float m = -INFINITY;
-  for (int c = threadIdx.x; c < nsplit; c += blockDim.x)
-    if (ml[2 * c + 1] > 0.f) m = fmaxf(m, ml[2 * c]);
-  const float M = block_reduce<true>(m, red);
-  float l = 0.f;
-  const int padded = (nsplit + 7) / 8 * 8;
-  for (int c = threadIdx.x; c < padded; c += blockDim.x) {
-    const float w = c < nsplit && ml[2 * c + 1] > 0.f ? __expf(ml[2 * c] - M) : 0.f;
-    wsh[c] = w;
-    if (c < nsplit) l += ml[2 * c + 1] * w;
-  }
-  const float L = block_reduce<false>(l, red);  // its barriers also publish wsh
-  const float* acc = ws_acc + rh * nsplit * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float A = 0.f;
-#pragma unroll 8
-    for (int c = 0; c < nsplit; c++) A += acc[int64_t(c) * D + d] * wsh[c];
-    out[rh * D + d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
-  }
-  if (L <= 0.f && threadIdx.x == 0 && rh % nh == 0)
+  bool has_keys;
+  merge_splits(out + rh * D, ws_acc + rh * nsplit * D, ws_ml + rh * nsplit * 2, nsplit, D, wsh, red,
+               has_keys);
+  if (!has_keys && threadIdx.x == 0 && rh % nh == 0)
     report_error(err, kErrNoKey, int(rh / nh), pos[rh / nh], 0);
 }
 
 __global__ void kv_write_kernel(bf16* kc, bf16* vc, const bf16* k, const bf16* v, const int32_t* cu_q,
                                 const int32_t* prefix, const int32_t* pages, int64_t page_stride,
                                 int page_size, int64_t num_slots, int S, int64_t row, DevErr* err) {
+  pdl_begin();
   const int r = blockIdx.x;
   const int s = find_seq(cu_q, S, r);
   const int slot = prefix[s] + (r - cu_q[s]);
@@ -313,7 +314,7 @@ __global__ void kv_write_kernel(bf16* kc, bf16* vc, const bf16* k, const bf16* v
 
 template <int NI, int GB>
 void launch_attn(const AttnParams& p, dim3 grid, cudaStream_t st) {
-  attn_kernel<NI, GB><<<grid, 128, 0, st>>>(p);
+  launch(st, "attn_kernel", attn_kernel<NI, GB>, dim3(grid), dim3(128), 0, p);
 }
 
 template <int NI>
@@ -363,10 +364,10 @@ void kv_write(Ctx& c, Tensor k_cache, Tensor v_cache, const Tensor& k, const Ten
             v_cache.shape_str());
   check_meta(m, pt, T, "kv_write");
   if (T == 0) return;
-  kv_write_kernel<<<unsigned(T), 256, 0, c.stream>>>(
-      mbf(k_cache), mbf(v_cache), cbf(k), cbf(v), m.cu_q.ptr<const int32_t>(),
-      m.prefix_len.ptr<const int32_t>(), pt.pages.ptr<const int32_t>(), pt.pages.dim(1), pt.page_size,
-      k_cache.dim(0), m.num_seqs, row, c.err);
+  launch(c.stream, "kv_write_kernel", kv_write_kernel, dim3(unsigned(T)), dim3(256), 0, mbf(k_cache),
+         mbf(v_cache), cbf(k), cbf(v), m.cu_q.ptr<const int32_t>(), m.prefix_len.ptr<const int32_t>(),
+         pt.pages.ptr<const int32_t>(), pt.pages.dim(1), pt.page_size, k_cache.dim(0), m.num_seqs, row,
+         c.err);
   check_launch("kv_write");
 }
 
@@ -458,8 +459,9 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   }
   check_launch("attention");
   if (nsplit > 1) {
-    attn_merge_kernel<<<unsigned(T * nh), 256, size_t((nsplit + 7) / 8 * 8) * sizeof(float), c.stream>>>(
-        mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D), nsplit, c.err);
+    launch(c.stream, "attn_merge_kernel", attn_merge_kernel, dim3(unsigned(T * nh)), dim3(256),
+           size_t((nsplit + 7) / 8 * 8) * sizeof(float), mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D),
+           nsplit, c.err);
     check_launch("attention (merge)");
   }
 }

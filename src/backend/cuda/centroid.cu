@@ -15,6 +15,7 @@ constexpr int kThreads = 256;
 // the top_k ranks are the chosen clusters in order. Every thread ranks C / blockDim clusters against all C
 // scores in shared memory: no sequential k-step loop.
 __global__ void centroid_rank_kernel(int32_t* chosen, const float* cscores, int C, int top_k) {
+  pdl_begin();
   extern __shared__ float sc[];  // [C]
   const int b = blockIdx.x;
   for (int i = threadIdx.x; i < C; i += blockDim.x) sc[i] = cscores[int64_t(b) * C + i];
@@ -35,6 +36,7 @@ __global__ void centroid_rank_kernel(int32_t* chosen, const float* cscores, int 
 __global__ void centroid_cand_kernel(int32_t* cand_ids, float* cand_scores, const __nv_bfloat16* y,
                                      const int32_t* chosen, const int64_t* ordering,
                                      const __nv_bfloat16* embed, int Ha, int per, int top_k) {
+  pdl_begin();
   extern __shared__ float yv[];  // [Ha]
   const int k = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nwarp = blockDim.x >> 5;
@@ -74,14 +76,14 @@ void centroid_candidates(Backend& be, Ctx& c, Tensor cand_ids, Tensor cand_score
   MTP_CHECK(size_t(std::max(C, Ha)) * sizeof(float) <= 48 * 1024,
             "cuda centroid_candidates: {} centroids or hidden {} exceed shared memory", C, Ha);
   Tensor chosen = scratch(be, DType::I32, B * top_k);
-  centroid_rank_kernel<<<unsigned(B), 1024, size_t(C) * sizeof(float), c.stream>>>(
-      chosen.ptr<int32_t>(), cscores.ptr<const float>(), int(C), top_k);
+  launch(c.stream, "centroid_rank_kernel", centroid_rank_kernel, dim3(unsigned(B)), dim3(1024),
+         size_t(C) * sizeof(float), chosen.ptr<int32_t>(), cscores.ptr<const float>(), int(C), top_k);
   check_launch("centroid_candidates (rank)");
   const unsigned groups = unsigned((per + kThreads / 32 - 1) / (kThreads / 32));
-  centroid_cand_kernel<<<dim3(unsigned(top_k), unsigned(B), groups), kThreads, size_t(Ha) * sizeof(float),
-                         c.stream>>>(cand_ids.ptr<int32_t>(), cand_scores.ptr<float>(), cbf(y),
-                                     chosen.ptr<const int32_t>(), ordering.ptr<const int64_t>(), cbf(embed),
-                                     int(Ha), int(per), top_k);
+  launch(c.stream, "centroid_cand_kernel", centroid_cand_kernel, dim3(unsigned(top_k), unsigned(B), groups),
+         dim3(kThreads), size_t(Ha) * sizeof(float), cand_ids.ptr<int32_t>(), cand_scores.ptr<float>(),
+         cbf(y), chosen.ptr<const int32_t>(), ordering.ptr<const int64_t>(), cbf(embed), int(Ha), int(per),
+         top_k);
   check_launch("centroid_candidates");
 }
 

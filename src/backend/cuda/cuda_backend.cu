@@ -326,10 +326,10 @@ class CudaBackend final : public Backend {
     OpScope op_scope_(*this, "rms_norm_add");
     cuda::rms_norm_add(ctx_, x, o, w, eps, scale, Tensor(), Tensor());
   }
-  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw,
-                         float eps) override {
+  void rms_norm_add_norm(Tensor x, Tensor h, const Tensor& o, const Tensor& w, const Tensor& hw, float eps,
+                         const Tensor& scale) override {
     OpScope op_scope_(*this, "rms_norm_add_norm");
-    cuda::rms_norm_add(ctx_, x, o, w, eps, Tensor(), h, hw);
+    cuda::rms_norm_add(ctx_, x, o, w, eps, scale, h, hw);
   }
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     OpScope op_scope_(*this, "add");
@@ -367,6 +367,10 @@ class CudaBackend final : public Backend {
     OpScope op_scope_(*this, "linear");
     cuda::linear(ctx_, out, x, w);
   }
+  void gelu_linear(Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w) override {
+    OpScope op_scope_(*this, "gelu_linear");
+    if (!cuda::gelu_linear(ctx_, out, gate, up, w)) Backend::gelu_linear(out, gate, up, w);
+  }
   void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) override {
     OpScope op_scope_(*this, "rope");
     cuda::rope(ctx_, x, positions, inv_freq);
@@ -375,6 +379,12 @@ class CudaBackend final : public Backend {
                      const Tensor& positions, const Tensor& inv_freq, float eps) override {
     OpScope op_scope_(*this, "qkv_norm_rope");
     cuda::qkv_norm_rope(ctx_, q, k, v, q_norm, k_norm, positions, inv_freq, eps);
+  }
+  void qkv_norm_rope_kv(Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
+                        const Tensor& positions, const Tensor& inv_freq, float eps, Tensor k_cache,
+                        Tensor v_cache, const AttnMeta& m, const KvPageTable& pt) override {
+    OpScope op_scope_(*this, "qkv_norm_rope_kv");
+    cuda::qkv_norm_rope_kv(ctx_, q, qkv, q_norm, k_norm, positions, inv_freq, eps, k_cache, v_cache, m, pt);
   }
   void kv_write(Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
                 const KvPageTable& pt) override {

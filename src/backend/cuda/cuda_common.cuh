@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 #include <type_traits>
+#include <utility>
 
 #include <cstdint>
 
@@ -64,6 +65,64 @@ struct Ctx {
   int gemv_max_m = 1;   // MTP_GEMV_MAX_M overrides
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
 };
+
+// Programmatic dependent launch (PDL, sm_90+). Every kernel of the backend is launched by launch() with
+// programmatic stream serialization and begins with pdl_begin(): it lets the next kernel of the stream
+// launch at once (its blocks then wait on the GPU instead of behind a launch) and waits for the previous
+// kernel's results before reading anything. GEMVs issue their first weight loads between the two (linear.cu).
+// Every thread of every PDL-launched kernel calls pdl_wait() before it reads inputs or exits, so a kernel
+// never completes before its predecessor and the waits chain. MTP_PDL=0 launches without the attribute.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_begin() {
+  pdl_trigger();
+  pdl_wait();
+}
+
+bool pdl_enabled();  // MTP_PDL (default 1); gemv_override can turn it off for benchmarks
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute, then the launch check.
+template <typename... KArgs, typename... Args>
+void launch(cudaStream_t stream, const char* op, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+            Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  CUDA_OK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), op);
+}
+template <typename... KArgs, typename... Args>
+void launch(const Ctx& c, const char* op, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+            Args&&... args) {
+  launch(c.stream, op, kernel, grid, block, smem, std::forward<Args>(args)...);
+}
+
+// The sequence of query row r: the largest s with cu[s] <= r (cu [S+1], ascending).
+__device__ __forceinline__ int find_seq(const int32_t* cu, int S, int r) {
+  int lo = 0, hi = S - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (cu[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
 
 // Scratch memory from the backend's caching allocator (returned when the Tensor's holder goes away).
 Tensor scratch(Backend& be, DType t, int64_t n);
@@ -125,8 +184,14 @@ void fill_random(Ctx&, Tensor t, uint64_t seed, float mean, float std, bool norm
 void linear(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
 void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M,
                const __nv_bfloat16* w, int64_t N, int64_t K);
+// The GEMV of linear() on gelu(gate) * up computed as it loads x; false when the shape is not a GEMV one
+// (the caller then runs the unfused ops).
+bool gelu_linear(Ctx&, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
+void qkv_norm_rope_kv(Ctx&, Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,
+                      const Tensor& positions, const Tensor& inv_freq, float eps, Tensor k_cache,
+                      Tensor v_cache, const AttnMeta& m, const KvPageTable& pt);
 void qkv_norm_rope(Ctx&, Tensor q, Tensor k, Tensor v, const Tensor& q_norm, const Tensor& k_norm,
                    const Tensor& positions, const Tensor& inv_freq, float eps);
 // attention.cu

@@ -117,4 +117,65 @@ __device__ __forceinline__ float warp_sum_transposed(float (&v)[P], int lane) {
   return v[0];
 }
 
+// --- the split-K GEMV's pieces (linear.cu's gemv_splitk_kernel, moe.cu's expert GEMV) ---
+
+// ld_stream as a volatile asm: kept in program order with the PDL instructions (issued before the wait).
+__device__ __forceinline__ uint4 ld_stream_ordered(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__host__ __device__ constexpr int pow2_ceil(int v) { return v <= 1 ? 1 : 2 * pow2_ceil((v + 1) / 2); }
+
+// One step of the split-K GEMV's loads: words k + u * NT of the R rows (zero past the row end).
+template <int R, int U, int NT>
+__device__ __forceinline__ void splitk_load(uint4 (&wv)[U][R], const uint4* const (&wr)[R], int64_t k,
+                                            int64_t K8) {
+#pragma unroll
+  for (int u = 0; u < U; u++)
+#pragma unroll
+    for (int r = 0; r < R; r++)
+      wv[u][r] = k + u * NT < K8 ? ld_stream_ordered(wr[r] + k + u * NT) : make_uint4(0, 0, 0, 0);
+}
+
+// acc[m * R + r] += w_r . x_m over one 16-byte word (8 products, in order).
+template <int MT, int R, int P>
+__device__ __forceinline__ void splitk_fma(float (&acc)[P], const uint4 (&w)[R], const uint4 (&x)[MT]) {
+  float wf[R][8];
+#pragma unroll
+  for (int r = 0; r < R; r++) unpack8(w[r], wf[r]);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    float xf[8];
+    unpack8(x[m], xf);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[m * R + r] = fmaf(wf[r][i], xf[i], acc[m * R + r]);
+  }
+}
+
+// Each warp's partial sums of the V values acc[0, V) (padded to P = pow2_ceil(V) with zeros) into red[V]
+// (this warp's row of the block's shared array), by a transposed shuffle reduction: a fixed order.
+template <int V, int P>
+__device__ __forceinline__ void splitk_warp_sums(float (&acc)[P], float* red, int lane) {
+  if constexpr (P <= 32) {
+    const float s = warp_sum_transposed<P>(acc, lane);
+    constexpr int L = 32 / P;  // lanes per value
+    if (lane % L == 0 && lane / L < V) red[lane / L] = s;
+  } else {
+#pragma unroll
+    for (int g = 0; g < P / 32; g++) {
+      float v[32];
+#pragma unroll
+      for (int i = 0; i < 32; i++) v[i] = acc[g * 32 + i];
+      const float s = warp_sum_transposed<32>(v, lane);
+      if (g * 32 + lane < V) red[g * 32 + lane] = s;
+    }
+  }
+}
+
 }  // namespace mtpserve::cuda

@@ -13,7 +13,8 @@
 //    wait for the previous kernels' results). So the weights must not be written by a kernel that may still
 //    be running (model weights are uploaded or generated before the model runs); x is read and out written
 //    only after the wait. A successor launched without PDL waits for the whole grid as usual.
-//    MTP_GEMV_PDL=0 turns PDL off.
+//    MTP_PDL=0 turns PDL off (for every kernel of the backend, cuda_common.cuh).
+#include <algorithm>
 #include <cstdlib>
 
 #include "backend/cuda/gemv_core.cuh"
@@ -23,33 +24,13 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// ld_stream as a volatile asm: kept in program order with the PDL instructions (issued before the wait).
-__device__ __forceinline__ uint4 ld_stream_ordered(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
 // Warp per row (the first GEMV): block = 4 warps; warp owns RW consecutive weight rows; blockIdx.y selects a
 // chunk of MT token rows. Kept as variant 0 for comparison.
 template <int MT, int RW>
 __global__ void __launch_bounds__(128)
     gemv_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t M,
                 const bf16* __restrict__ w, int64_t N, int64_t K) {
-  pdl_launch_dependents();
+  pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n0 = (int64_t(blockIdx.x) * 4 + warp) * RW;
@@ -72,36 +53,6 @@ __global__ void __launch_bounds__(128)
   }
 }
 
-__host__ __device__ constexpr int pow2_ceil(int v) { return v <= 1 ? 1 : 2 * pow2_ceil((v + 1) / 2); }
-
-// One step of the split-K GEMV's loads: words k + u * NT of the R rows (zero past the row end).
-template <int R, int U, int NT>
-__device__ __forceinline__ void splitk_load(uint4 (&wv)[U][R], const uint4* const (&wr)[R], int64_t k,
-                                            int64_t K8) {
-#pragma unroll
-  for (int u = 0; u < U; u++)
-#pragma unroll
-    for (int r = 0; r < R; r++)
-      wv[u][r] = k + u * NT < K8 ? ld_stream_ordered(wr[r] + k + u * NT) : make_uint4(0, 0, 0, 0);
-}
-
-// acc[m * R + r] += w_r . x_m over one 16-byte word (8 products, in order).
-template <int MT, int R, int P>
-__device__ __forceinline__ void splitk_fma(float (&acc)[P], const uint4 (&w)[R], const uint4 (&x)[MT]) {
-  float wf[R][8];
-#pragma unroll
-  for (int r = 0; r < R; r++) unpack8(w[r], wf[r]);
-#pragma unroll
-  for (int m = 0; m < MT; m++) {
-    float xf[8];
-    unpack8(x[m], xf);
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-      for (int i = 0; i < 8; i++) acc[m * R + r] = fmaf(wf[r][i], xf[i], acc[m * R + r]);
-  }
-}
-
 // Split-K GEMV: a block of NT threads owns R consecutive weight rows and MT token rows; thread t reads the
 // 16-byte words t, t + NT, ... of each of the R rows (coalesced across the block), R * U streaming loads in
 // flight per thread per step, fp32 FMAs. Each warp folds its R * MT partial sums with a transposed shuffle
@@ -109,13 +60,35 @@ __device__ __forceinline__ void splitk_fma(float (&acc)[P], const uint4 (&w)[R],
 // and rounds once to bf16. Unlike the warp-per-row kernel a row's bytes are requested at once (a K = 2560
 // row is 320 words: one step of 128 threads with U = 4), so a matrix of a few MB is in flight in one round
 // trip instead of K / (256 U) dependent ones. The first step's weight loads go out before the PDL wait.
-template <int MT, int R, int U, int NT>
+// The 8 x values of word i of a token row: x itself, or with G the product gelu_tanh(x) * up rounded as
+// gelu_mul_kernel rounds it (gelu_linear: the MLP's activation made as the GEMV loads it).
+template <bool G>
+__device__ __forceinline__ uint4 load_x(const uint4* x, const uint4* up, int64_t i) {
+  if constexpr (!G) {
+    return __ldg(x + i);
+  } else {
+    float g[8], u[8];
+    unpack8(__ldg(x + i), g);
+    unpack8(__ldg(up + i), u);
+    uint32_t r[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const __nv_bfloat162 p = __floats2bfloat162_rn(round_bf(gelu_tanh(g[2 * j])) * u[2 * j],
+                                                     round_bf(gelu_tanh(g[2 * j + 1])) * u[2 * j + 1]);
+      r[j] = *reinterpret_cast<const uint32_t*>(&p);
+    }
+    return make_uint4(r[0], r[1], r[2], r[3]);
+  }
+}
+
+template <int MT, int R, int U, int NT, bool G>
 __global__ void __launch_bounds__(NT)
-    gemv_splitk_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t M,
-                       const bf16* __restrict__ w, int64_t N, int64_t K) {
+    gemv_splitk_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x,
+                       const bf16* __restrict__ up, int64_t ldx, int64_t M, const bf16* __restrict__ w,
+                       int64_t N, int64_t K) {
   constexpr int NW = NT / 32, V = MT * R, P = pow2_ceil(V);
   __shared__ float red[NW][V];
-  pdl_launch_dependents();
+  pdl_trigger();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t n0 = int64_t(blockIdx.x) * R, m0 = int64_t(blockIdx.y) * MT, K8 = K / 8;
   const uint4* wr[R];
@@ -124,10 +97,13 @@ __global__ void __launch_bounds__(NT)
   int64_t k = tid;
   uint4 wv[U][R];
   splitk_load<R, U, NT>(wv, wr, k, K8);
-  pdl_wait();  // x (and out) may come from the previous kernel
-  const uint4* xr[MT];
+  pdl_wait();                    // x (and out) may come from the previous kernel
+  const uint4 *xr[MT], *ur[MT];  // token rows of x (and up): row stride ldx
 #pragma unroll
-  for (int m = 0; m < MT; m++) xr[m] = reinterpret_cast<const uint4*>(x + min(m0 + m, M - 1) * K);
+  for (int m = 0; m < MT; m++) {
+    xr[m] = reinterpret_cast<const uint4*>(x + min(m0 + m, M - 1) * ldx);
+    ur[m] = G ? reinterpret_cast<const uint4*>(up + min(m0 + m, M - 1) * ldx) : nullptr;
+  }
   float acc[P];  // acc[m * R + r]; the padding stays 0
 #pragma unroll
   for (int i = 0; i < P; i++) acc[i] = 0.f;
@@ -137,7 +113,7 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
       for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int m = 0; m < MT; m++) xv[u][m] = __ldg(xr[m] + min(k + u * NT, K8 - 1));
+        for (int m = 0; m < MT; m++) xv[u][m] = load_x<G>(xr[m], ur[m], min(k + u * NT, K8 - 1));
 #pragma unroll
       for (int u = 0; u < U; u++)
         if (k + u * NT < K8) splitk_fma<MT, R>(acc, wv[u], xv[u]);
@@ -147,7 +123,7 @@ __global__ void __launch_bounds__(NT)
         if (k + u * NT < K8) {
           uint4 xv[MT];
 #pragma unroll
-          for (int m = 0; m < MT; m++) xv[m] = __ldg(xr[m] + k + u * NT);
+          for (int m = 0; m < MT; m++) xv[m] = load_x<G>(xr[m], ur[m], k + u * NT);
           splitk_fma<MT, R>(acc, wv[u], xv);
         }
       }
@@ -156,20 +132,7 @@ __global__ void __launch_bounds__(NT)
     if (k >= K8) break;
     splitk_load<R, U, NT>(wv, wr, k, K8);
   }
-  if constexpr (P <= 32) {
-    const float s = warp_sum_transposed<P>(acc, lane);
-    constexpr int L = 32 / P;  // lanes per value
-    if (lane % L == 0 && lane / L < V) red[warp][lane / L] = s;
-  } else {
-#pragma unroll
-    for (int g = 0; g < P / 32; g++) {
-      float v[32];
-#pragma unroll
-      for (int i = 0; i < 32; i++) v[i] = acc[g * 32 + i];
-      const float s = warp_sum_transposed<32>(v, lane);
-      if (g * 32 + lane < V) red[warp][g * 32 + lane] = s;
-    }
-  }
+  splitk_warp_sums<V>(acc, red[warp], lane);
   __syncthreads();
   for (int i = tid; i < V; i += NT) {
     float s = red[0][i];
@@ -189,55 +152,44 @@ constexpr SplitK kVariants[] = {{0, 0, 0},   {1, 4, 256}, {2, 2, 256}, {2, 4, 25
                                 {4, 2, 256}, {8, 1, 256}, {4, 2, 128}, {2, 4, 128}, {8, 2, 256}};
 constexpr int kNumVariants = int(sizeof(kVariants) / sizeof(kVariants[0]));
 int g_force_variant = -1;  // gemv_override
-int g_pdl = -1;            // -1: MTP_GEMV_PDL (default on)
 
-bool use_pdl() {
-  if (g_pdl < 0) {
-    const char* s = std::getenv("MTP_GEMV_PDL");
-    g_pdl = s && std::atoi(s) == 0 ? 0 : 1;
-  }
-  return g_pdl == 1;
-}
+// The GEMV's operands: x rows (stride ldx), and with G the up rows of gelu(x) * up.
+struct GemvArgs {
+  bf16* out;
+  int64_t ldo;
+  const bf16 *x, *up;
+  int64_t ldx, M;
+  const bf16* w;
+  int64_t N, K;
+};
 
-template <typename... Args>
-void launch_kernel(Ctx& c, void (*kernel)(Args...), dim3 grid, unsigned threads, bf16* out, int64_t ldo,
-                   const bf16* x, int64_t M, const bf16* w, int64_t N, int64_t K) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = c.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = use_pdl() ? 1 : 0;
-  CUDA_OK(cudaLaunchKernelEx(&cfg, kernel, out, ldo, x, M, w, N, K), "linear (gemv)");
-}
-
-template <int MT, int V>
-void launch_variant(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N,
-                    int64_t K) {
-  const unsigned gy = unsigned((M + MT - 1) / MT);
+template <int MT, int V, bool G>
+void launch_variant(Ctx& c, const GemvArgs& a) {
+  const unsigned gy = unsigned((a.M + MT - 1) / MT);
   if constexpr (V == 0) {
-    if (N / 8 >= 2 * int64_t(c.num_sms)) {
-      launch_kernel(c, gemv_kernel<MT, 2>, dim3(unsigned((N + 7) / 8), gy), 128, out, ldo, x, M, w, N, K);
-    } else {
-      launch_kernel(c, gemv_kernel<MT, 1>, dim3(unsigned((N + 3) / 4), gy), 128, out, ldo, x, M, w, N, K);
-    }
+    static_assert(!G, "gelu_linear uses split-K variants only");
+    auto k = a.N / 8 >= 2 * int64_t(c.num_sms) ? gemv_kernel<MT, 2> : gemv_kernel<MT, 1>;
+    const int rows = a.N / 8 >= 2 * int64_t(c.num_sms) ? 8 : 4;
+    launch(c, "linear (gemv)", k, dim3(unsigned((a.N + rows - 1) / rows), gy), dim3(128), 0, a.out, a.ldo,
+           a.x, a.M, a.w, a.N, a.K);
   } else {
     constexpr SplitK s = kVariants[V];
-    launch_kernel(c, gemv_splitk_kernel<MT, s.R, s.U, s.NT>, dim3(unsigned((N + s.R - 1) / s.R), gy),
-                  unsigned(s.NT), out, ldo, x, M, w, N, K);
+    launch(c, "linear (gemv)", gemv_splitk_kernel<MT, s.R, s.U, s.NT, G>,
+           dim3(unsigned((a.N + s.R - 1) / s.R), gy), dim3(unsigned(s.NT)), 0, a.out, a.ldo, a.x, a.up, a.ldx,
+           a.M, a.w, a.N, a.K);
   }
 }
 
-template <int MT, int V = 0>
-void launch_gemv_mt(Ctx& c, int variant, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w,
-                    int64_t N, int64_t K) {
+// gelu_linear instantiates only the variants pick_variant gives its shapes (down projections: K <= 4096
+// or long rows), to keep the kernel count down.
+constexpr bool gelu_variant(int v) { return v == 4 || v == 5 || v == 7; }
+
+template <int MT, bool G, int V = 0>
+void launch_gemv_mt(Ctx& c, int variant, const GemvArgs& a) {
   if constexpr (V < kNumVariants) {
-    if (variant == V) return launch_variant<MT, V>(c, out, ldo, x, M, w, N, K);
-    launch_gemv_mt<MT, V + 1>(c, variant, out, ldo, x, M, w, N, K);
+    if constexpr (!G || gelu_variant(V))
+      if (variant == V) return launch_variant<MT, V, G>(c, a);
+    launch_gemv_mt<MT, G, V + 1>(c, variant, a);
   }
 }
 
@@ -264,49 +216,77 @@ bool gemv_ok(const void* x, const void* w, int64_t K) {
          (reinterpret_cast<uintptr_t>(w) % 16) == 0;
 }
 
+template <bool G>
+void gemv_dispatch(Ctx& c, const GemvArgs& a) {
+  int v =
+      g_force_variant >= 0 && g_force_variant < kNumVariants ? g_force_variant : pick_variant(a.M, a.N, a.K);
+  if (G && !gelu_variant(v)) v = a.M <= 4 ? 4 : 7;
+  // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
+  switch (a.M < 8 ? a.M : 8) {
+    case 1:
+      return launch_gemv_mt<1, G>(c, v, a);
+    case 2:
+      return launch_gemv_mt<2, G>(c, v, a);
+    case 3:
+      return launch_gemv_mt<3, G>(c, v, a);
+    case 4:
+      return launch_gemv_mt<4, G>(c, v, a);
+    case 5:
+      return launch_gemv_mt<5, G>(c, v, a);
+    case 6:
+      return launch_gemv_mt<6, G>(c, v, a);
+    case 7:
+      return launch_gemv_mt<7, G>(c, v, a);
+    default:
+      return launch_gemv_mt<8, G>(c, v, a);
+  }
+}
+
 }  // namespace
 
 void gemv_bf16(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N,
                int64_t K) {
   MTP_ASSERT(gemv_ok(x, w, K));
-  const int v =
-      g_force_variant >= 0 && g_force_variant < kNumVariants ? g_force_variant : pick_variant(M, N, K);
-  // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
-  switch (M < 8 ? M : 8) {
-    case 1:
-      launch_gemv_mt<1>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 2:
-      launch_gemv_mt<2>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 3:
-      launch_gemv_mt<3>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 4:
-      launch_gemv_mt<4>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 5:
-      launch_gemv_mt<5>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 6:
-      launch_gemv_mt<6>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    case 7:
-      launch_gemv_mt<7>(c, v, out, ldo, x, M, w, N, K);
-      break;
-    default:
-      launch_gemv_mt<8>(c, v, out, ldo, x, M, w, N, K);
-      break;
-  }
+  gemv_dispatch<false>(c, GemvArgs{out, ldo, x, nullptr, K, M, w, N, K});
 }
 
 // For bench_cuda_linear and the tests: variant >= 0 forces that GEMV variant (see kVariants), -1 picks by
 // shape; pdl 0 / 1 turns programmatic dependent launch off / on, -1 leaves it. Returns the number of
 // variants.
+// -1: MTP_PDL (default on)
+static int g_pdl = -1;
+
 int gemv_override(int variant, int pdl) {
   g_force_variant = variant;
   if (pdl >= 0) g_pdl = pdl;
   return kNumVariants;
+}
+
+bool pdl_enabled() {
+  if (g_pdl < 0) {
+    const char* s = std::getenv("MTP_PDL");
+    g_pdl = s && std::atoi(s) == 0 ? 0 : 1;
+  }
+  return g_pdl == 1;
+}
+
+bool gelu_linear(Ctx& c, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w) {
+  need(out, DType::BF16, "gelu_linear", "out");
+  need(gate, DType::BF16, "gelu_linear", "gate");
+  need(w, DType::BF16, "gelu_linear", "w");
+  if (up.defined()) need(up, DType::BF16, "gelu_linear", "up");
+  const int64_t K = w.dim(-1), N = w.numel() / K, M = gate.dim(0);
+  const int64_t ldx = up.defined() ? K : 2 * K;  // [M, 2I] holds gate | up
+  MTP_CHECK(
+      K > 0 && gate.numel() == M * ldx && (!up.defined() || up.numel() == M * K) && out.numel() == M * N,
+      "cuda gelu_linear: gate {} / up {} / w {} / out {} shapes do not agree", gate.shape_str(),
+      up.defined() ? up.shape_str() : "-", w.shape_str(), out.shape_str());
+  const bf16* u = up.defined() ? cbf(up) : cbf(gate) + K;
+  // The GEMV's M range (linear's rule for M <= 4, any matrix); larger M: the caller's unfused ops (cuBLAS).
+  if (M == 0 || M > 4 || c.linear_path == 2 || !gemv_ok(gate.data, w.data, K) || !gemv_ok(u, w.data, K))
+    return false;
+  gemv_dispatch<true>(c, GemvArgs{mbf(out), N, cbf(gate), u, ldx, M, cbf(w), N, K});
+  return true;
 }
 
 void linear(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {

@@ -1,10 +1,12 @@
 // MoE (26B-A4B). moe_route: one warp per token: softmax in fp32, top-k by repeated warp argmax (largest
 // first, ties to the lower index, as torch.topk), renormalise, times per_expert_scale. moe_experts, grouped
 // by expert: (1) a sort kernel lists the (token, slot) pairs of every expert in pair order (deterministic),
-// (2) gate|up GEMV per expert over its pairs (a warp owns intermediate row i: gate row i and up row I + i),
+// (2) gate|up GEMV per expert with pairs (split-K blocks of kExpR rows: gate rows i.. and up rows I + i..),
 // epilogue bf16(bf16(gelu(bf16 g)) * bf16 u) as HF rounds, (3) down GEMV per expert, bf16 expert outputs, (4)
 // combine out[t] = bf16(sum_k w[t,k] * y[t,k]) in slot order (fp32, no atomics). Each expert's weights are
 // read once per step however many tokens chose it.
+#include <algorithm>
+
 #include "backend/cuda/gemv_core.cuh"
 
 namespace mtpserve::cuda {
@@ -14,6 +16,7 @@ using bf16 = __nv_bfloat16;
 
 __global__ void moe_route_kernel(float* weights, int32_t* experts, const bf16* logits, const bf16* scale,
                                  int64_t T, int E, int top_k) {
+  pdl_begin();
   extern __shared__ float sp[];  // [warps][E]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t t = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -57,9 +60,11 @@ __global__ void moe_route_kernel(float* weights, int32_t* experts, const bf16* l
   }
 }
 
-// offsets [E+1], list [P] of pair indices (t * k + slot) per expert, in pair order.
-__global__ void moe_sort_kernel(int32_t* offsets, int32_t* list, const int32_t* experts, int P, int E,
-                                DevErr* err) {
+// offsets [E+1], list [P] of pair indices (t * k + slot) per expert, in pair order; active [A] the experts
+// that have pairs.
+__global__ void moe_sort_kernel(int32_t* offsets, int32_t* list, int32_t* active, int A,
+                                const int32_t* experts, int P, int E, DevErr* err) {
+  pdl_begin();
   extern __shared__ int32_t cnt[];  // [E]
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     int n = 0;
@@ -76,6 +81,10 @@ __global__ void moe_sort_kernel(int32_t* offsets, int32_t* list, const int32_t* 
       acc += cnt[e];
     }
     offsets[E] = acc;
+    int a = 0;  // the experts with pairs, ascending, then -1 up to A = min(E, P)
+    for (int e = 0; e < E && a < A; e++)
+      if (cnt[e] > 0) active[a++] = e;
+    for (; a < A; a++) active[a] = -1;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
@@ -85,66 +94,93 @@ __global__ void moe_sort_kernel(int32_t* offsets, int32_t* list, const int32_t* 
   }
 }
 
-// Token rows of one expert in chunks of MT pairs; warp computes weight rows (r0, r1) = (i, I + i) for gate|up
-// (GATE_UP) or row h of down.
-template <int MT, bool GATE_UP>
-__device__ void expert_chunk(bf16* dst, const bf16* src, int64_t src_div, const int32_t* list, int n,
-                             const bf16* w, int64_t row, int64_t I, int64_t K, int64_t ld_dst, int lane) {
-  constexpr int RW = GATE_UP ? 2 : 1;
-  const uint4* wr[RW];
-  wr[0] = reinterpret_cast<const uint4*>(w + row * K);
-  if constexpr (GATE_UP) wr[RW - 1] = reinterpret_cast<const uint4*>(w + (I + row) * K);
+// One chunk of up to MT pairs of expert e against R weight rows from n0 (split-K, as linear.cu's
+// gemv_splitk_kernel: NT threads stride the 16-byte words of the rows, U steps of loads in flight). GATE_UP:
+// the block reads gate rows n0.. and up rows I + n0.. and writes act[pair, i] = bf16(bf16(gelu(bf16 g)) *
+// bf16 u) as HF rounds; down: y[pair, h] = bf16(sum).
+template <int MT, int R, int U, int NT, bool GATE_UP>
+__device__ __forceinline__ void expert_chunk(bf16* dst, const bf16* src, int64_t src_div, const int32_t* l,
+                                             int n, const uint4* const (&wr)[GATE_UP ? 2 * R : R], int64_t n0,
+                                             int64_t rows, int64_t K, float* red) {
+  constexpr int RR = GATE_UP ? 2 * R : R, NW = NT / 32, V = MT * RR, P = pow2_ceil(V);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t K8 = K / 8;
   const uint4* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++)
-    xr[m] = reinterpret_cast<const uint4*>(src + int64_t(list[min(m, n - 1)] / src_div) * K);
-  float acc[MT][RW];
-  warp_gemv<MT, RW>(wr, xr, K / 8, lane, acc);
-  if (lane == 0) {
+    xr[m] = reinterpret_cast<const uint4*>(src + int64_t(l[min(m, n - 1)] / src_div) * K);
+  float acc[P];
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      if (m >= n) break;
-      float v;
-      if constexpr (GATE_UP) {
-        const float g = round_bf(acc[m][0]), u = round_bf(acc[m][RW - 1]);
-        v = round_bf(gelu_tanh(g)) * u;
-      } else {
-        v = acc[m][0];
-      }
-      dst[int64_t(list[m]) * ld_dst + row] = __float2bfloat16_rn(v);
+  for (int i = 0; i < P; i++) acc[i] = 0.f;
+  for (int64_t k = tid; k < K8; k += NT * U) {
+    uint4 wv[U][RR];
+    splitk_load<RR, U, NT>(wv, wr, k, K8);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (k + u * NT >= K8) break;
+      uint4 xv[MT];
+#pragma unroll
+      for (int m = 0; m < MT; m++) xv[m] = __ldg(xr[m] + k + u * NT);
+      splitk_fma<MT, RR>(acc, wv[u], xv);
     }
   }
+  splitk_warp_sums<V>(acc, red + warp * V, lane);
+  __syncthreads();
+  for (int i = tid; i < MT * R; i += NT) {
+    const int m = i / R, r = i % R;
+    if (m >= n || n0 + r >= rows) continue;
+    float a = red[m * RR + r], b = GATE_UP ? red[m * RR + R + r] : 0.f;
+    for (int j = 1; j < NW; j++) {
+      a += red[j * V + m * RR + r];
+      if constexpr (GATE_UP) b += red[j * V + m * RR + R + r];
+    }
+    const float v = GATE_UP ? round_bf(gelu_tanh(round_bf(a))) * round_bf(b) : a;
+    dst[int64_t(l[m]) * rows + n0 + r] = __float2bfloat16_rn(v);
+  }
+  __syncthreads();  // red is reused by the next chunk
 }
 
-// grid (ceil(rows / 4), E); GATE_UP: rows = I, src = x (pair / top_k = token), dst = act [P, I];
-// down: rows = H, src = act (pair), dst = y [P, H].
+constexpr int kExpR = 4, kExpU = 2, kExpNT = 128;
+
+// grid (ceil(rows / kExpR), A): block y takes the y-th expert with pairs (active[y]; -1: none left).
+// GATE_UP: rows = I, src = x (pair / top_k = token), dst = act [P, I]; down: rows = H, src = act (pair),
+// dst = y [P, H]. The expert ids come from the sort kernel, so no weight load can precede the PDL wait.
 template <bool GATE_UP>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(kExpNT)
     moe_gemv_kernel(bf16* dst, const bf16* src, int64_t src_div, const int32_t* offsets, const int32_t* list,
-                    const bf16* w, int64_t rows, int64_t I, int64_t K) {
-  const int e = blockIdx.y;
+                    const int32_t* active, const bf16* w, int64_t rows, int64_t I, int64_t K) {
+  constexpr int R = kExpR, RR = GATE_UP ? 2 * R : R;
+  __shared__ float red[(kExpNT / 32) * 8 * RR];  // [warps][MT <= 8][RR]
+  pdl_begin();
+  const int e = active[blockIdx.y];
+  if (e < 0) return;
   const int begin = offsets[e], n_e = offsets[e + 1] - begin;
-  if (n_e == 0) return;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row = int64_t(blockIdx.x) * 4 + warp;
-  if (row >= rows) return;
+  const int64_t n0 = int64_t(blockIdx.x) * R;
   const bf16* we = w + int64_t(e) * (GATE_UP ? 2 * I : rows) * K;
+  const uint4* wr[RR];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t row = min(n0 + r, rows - 1);
+    wr[r] = reinterpret_cast<const uint4*>(we + row * K);
+    if constexpr (GATE_UP) wr[R + r] = reinterpret_cast<const uint4*>(we + (I + row) * K);
+  }
   for (int c = 0; c < n_e; c += 8) {
     const int n = min(8, n_e - c);
     const int32_t* l = list + begin + c;
     if (n == 1)
-      expert_chunk<1, GATE_UP>(dst, src, src_div, l, n, we, row, I, K, rows, lane);
+      expert_chunk<1, R, kExpU, kExpNT, GATE_UP>(dst, src, src_div, l, n, wr, n0, rows, K, red);
     else if (n == 2)
-      expert_chunk<2, GATE_UP>(dst, src, src_div, l, n, we, row, I, K, rows, lane);
+      expert_chunk<2, R, kExpU, kExpNT, GATE_UP>(dst, src, src_div, l, n, wr, n0, rows, K, red);
     else if (n <= 4)
-      expert_chunk<4, GATE_UP>(dst, src, src_div, l, n, we, row, I, K, rows, lane);
+      expert_chunk<4, R, kExpU, kExpNT, GATE_UP>(dst, src, src_div, l, n, wr, n0, rows, K, red);
     else
-      expert_chunk<8, GATE_UP>(dst, src, src_div, l, n, we, row, I, K, rows, lane);
+      expert_chunk<8, R, kExpU, kExpNT, GATE_UP>(dst, src, src_div, l, n, wr, n0, rows, K, red);
   }
 }
 
 __global__ void moe_combine_kernel(bf16* out, const bf16* y, const float* weights, int64_t T, int64_t H,
                                    int k) {
+  pdl_begin();
   const int64_t n = T * H;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -171,9 +207,9 @@ void moe_route(Ctx& c, Tensor weights, Tensor experts, const Tensor& logits, con
   MTP_CHECK(E <= 2048, "cuda moe_route: {} experts (at most 2048)", E);
   if (T == 0) return;
   const int warps = 4;
-  moe_route_kernel<<<unsigned((T + warps - 1) / warps), 32 * warps, size_t(warps) * E * sizeof(float),
-                     c.stream>>>(weights.ptr<float>(), experts.ptr<int32_t>(), cbf(logits),
-                                 cbf(per_expert_scale), T, int(E), top_k);
+  launch(c.stream, "moe_route_kernel", moe_route_kernel, dim3(unsigned((T + warps - 1) / warps)),
+         dim3(32 * warps), size_t(warps) * E * sizeof(float), weights.ptr<float>(), experts.ptr<int32_t>(),
+         cbf(logits), cbf(per_expert_scale), T, int(E), top_k);
   check_launch("moe_route");
 }
 
@@ -196,19 +232,23 @@ void moe_experts(Backend& be, Ctx& c, Tensor out, const Tensor& x, const Tensor&
   MTP_CHECK(H % 8 == 0 && I % 8 == 0,
             "cuda moe_experts: hidden {} and expert width {} must be multiples of 8", H, I);
   MTP_CHECK(P < (1LL << 31) && E <= 8192, "cuda moe_experts: too many pairs or experts");
+  const int64_t A = std::min(E, P);  // experts that can have pairs: the GEMV grids' second dimension
   Tensor offsets = scratch(be, DType::I32, E + 1), list = scratch(be, DType::I32, P);
+  Tensor active = scratch(be, DType::I32, A);
   Tensor act = scratch(be, DType::BF16, P * I), y = scratch(be, DType::BF16, P * H);
-  moe_sort_kernel<<<1, 256, size_t(E) * sizeof(int32_t), c.stream>>>(
-      offsets.ptr<int32_t>(), list.ptr<int32_t>(), experts.ptr<const int32_t>(), int(P), int(E), c.err);
-  check_launch("moe_experts (sort)");
-  moe_gemv_kernel<true><<<dim3(unsigned((I + 3) / 4), unsigned(E)), 128, 0, c.stream>>>(
-      mbf(act), cbf(x), k, offsets.ptr<const int32_t>(), list.ptr<const int32_t>(), cbf(gate_up), I, I, H);
-  check_launch("moe_experts (gate_up)");
-  moe_gemv_kernel<false><<<dim3(unsigned((H + 3) / 4), unsigned(E)), 128, 0, c.stream>>>(
-      mbf(y), mbf(act), 1, offsets.ptr<const int32_t>(), list.ptr<const int32_t>(), cbf(down), H, I, I);
-  check_launch("moe_experts (down)");
-  moe_combine_kernel<<<grid_for(T * H, 256), 256, 0, c.stream>>>(mbf(out), cbf(y), weights.ptr<const float>(),
-                                                                 T, H, int(k));
+  launch(c, "moe_experts (sort)", moe_sort_kernel, dim3(1), dim3(256), size_t(E) * sizeof(int32_t),
+         offsets.ptr<int32_t>(), list.ptr<int32_t>(), active.ptr<int32_t>(), int(A),
+         experts.ptr<const int32_t>(), int(P), int(E), c.err);
+  launch(c, "moe_experts (gate_up)", moe_gemv_kernel<true>,
+         dim3(unsigned((I + kExpR - 1) / kExpR), unsigned(A)), dim3(kExpNT), 0, mbf(act), cbf(x), k,
+         offsets.ptr<const int32_t>(), list.ptr<const int32_t>(), active.ptr<const int32_t>(), cbf(gate_up),
+         I, I, H);
+  launch(c, "moe_experts (down)", moe_gemv_kernel<false>,
+         dim3(unsigned((H + kExpR - 1) / kExpR), unsigned(A)), dim3(kExpNT), 0, mbf(y), mbf(act), 1,
+         offsets.ptr<const int32_t>(), list.ptr<const int32_t>(), active.ptr<const int32_t>(), cbf(down), H,
+         I, I);
+  launch(c.stream, "moe_combine_kernel", moe_combine_kernel, dim3(grid_for(T * H, 256)), dim3(256), 0,
+         mbf(out), cbf(y), weights.ptr<const float>(), T, H, int(k));
   check_launch("moe_experts (combine)");
 }
 

@@ -1,7 +1,7 @@
 // Row and elementwise ops: embed, rms_norm, rms_norm_add(_norm), add, scale, mul_bcast, gelu_mul(_fused),
 // transpose01, gather_rows, softcap, and the seeded random fill used for on-device dummy weights. fp32 math,
 // one bf16 rounding per output (gelu_mul: two, softcap: three, as HF rounds; gemma4-architecture.md §5).
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/row_words.cuh"
 
 namespace mtpserve::cuda {
 namespace {
@@ -10,6 +10,7 @@ using bf16 = __nv_bfloat16;
 
 __global__ void embed_kernel(bf16* out, const int32_t* ids, const bf16* table, int64_t V, int64_t H,
                              float scale, DevErr* err) {
+  pdl_begin();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   bf16* o = out + t * H;
@@ -24,6 +25,7 @@ __global__ void embed_kernel(bf16* out, const int32_t* ids, const bf16* table, i
 
 template <int TPR>
 __global__ void rms_norm_kernel(bf16* out, const bf16* x, const bf16* w, int64_t R, int64_t D, float eps) {
+  pdl_begin();
   const int rows_per_block = blockDim.x / TPR;
   const int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
@@ -50,6 +52,7 @@ template <int TPR>
 __global__ void rms_norm_add_kernel(bf16* x, bf16* h, const bf16* o, const bf16* w, const bf16* hw,
                                     const bf16* scale_bf, const float* scale_f, int64_t R, int64_t D,
                                     float eps) {
+  pdl_begin();
   const int rows_per_block = blockDim.x / TPR;
   const int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
@@ -83,18 +86,81 @@ __global__ void rms_norm_add_kernel(bf16* x, bf16* h, const bf16* o, const bf16*
   }
 }
 
+// Rows with D % 8 == 0 (row_words.cuh): TPR = 256 threads per row for D >= 1024, else a warp per row (8
+// rows per block); each thread loads all of its 16-byte words, and the other operands', before any
+// arithmetic: one memory round trip instead of D / TPR dependent ones (the scalar loops above cost ~10 us
+// per row of 2560). The vector kernels and qkv_norm_rope (rope.cu) share the layout and the order of the
+// sums, so fused ops still equal the unfused ones bit for bit.
+constexpr int kVecThreads = 256;
+
+template <int TPR, int WPT>
+__global__ void __launch_bounds__(kVecThreads)
+    rms_norm_vec_kernel(bf16* out, const bf16* x, const bf16* w, int64_t R, int64_t D, float eps) {
+  pdl_begin();
+  const int64_t row = int64_t(blockIdx.x) * (kVecThreads / TPR) + threadIdx.x / TPR, W = D / 8;
+  if (row >= R) return;  // uniform per row (a warp or the block)
+  RowWords<TPR, WPT> a, wt;
+  a.load(x + row * D, W);
+  if (w) wt.load(w, W);
+  a.scale(a.inv_rms(W, D, eps), w ? &wt : nullptr, false);  // rounded by store
+  a.store(out + row * D, W);
+}
+
+template <int TPR, int WPT>
+__global__ void __launch_bounds__(kVecThreads)
+    rms_norm_add_vec_kernel(bf16* x, bf16* h, const bf16* o, const bf16* w, const bf16* hw,
+                            const bf16* scale_bf, const float* scale_f, int64_t R, int64_t D, float eps) {
+  pdl_begin();
+  const int64_t row = int64_t(blockIdx.x) * (kVecThreads / TPR) + threadIdx.x / TPR, W = D / 8;
+  if (row >= R) return;  // uniform per row (a warp or the block)
+  RowWords<TPR, WPT> ov, xv, wv, hwv;
+  ov.load(o + row * D, W);
+  xv.load(x + row * D, W);
+  if (w) wv.load(w, W);
+  if (h && hw) hwv.load(hw, W);
+  const bool scaled = scale_bf || scale_f;
+  const float s = scale_bf ? bf(*scale_bf) : scale_f ? *scale_f : 1.0f;
+  const float inv = ov.inv_rms(W, D, eps);
+#pragma unroll
+  for (int j = 0; j < WPT; j++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      float n = ov.v[j][e] * inv;
+      if (w) n *= wv.v[j][e];
+      float v = round_bf(xv.v[j][e] + round_bf(n));
+      if (scaled) v = round_bf(v * s);
+      xv.v[j][e] = v;  // a bf16 value: the store is exact
+    }
+  xv.store(x + row * D, W);
+  if (!h) return;  // uniform
+  xv.scale(xv.inv_rms(W, D, eps), hw ? &hwv : nullptr, false);
+  xv.store(h + row * D, W);
+}
+
+// Words per thread of the vectorised row kernels (TPR threads per row) for a row of D, or 0 when they do
+// not apply.
+int vec_words(int64_t D, int tpr, std::initializer_list<const void*> ptrs) {
+  if (D % 8 != 0 || D > int64_t(8) * tpr * 4) return 0;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 0;
+  return int((D / 8 + tpr - 1) / tpr);
+}
+
 __global__ void add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(bf(a[i]) + bf(b[i]));
 }
 __global__ void scale_kernel(bf16* out, const bf16* x, float s, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(bf(x[i]) * s);
 }
 template <typename W>
 __global__ void mul_bcast_kernel(bf16* out, const bf16* x, const W* w, int64_t n, int64_t D) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float wv;
@@ -106,11 +172,13 @@ __global__ void mul_bcast_kernel(bf16* out, const bf16* x, const W* w, int64_t n
   }
 }
 __global__ void gelu_mul_kernel(bf16* out, const bf16* g, const bf16* u, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(g[i]))) * bf(u[i]));
 }
 __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int64_t I) {
+  pdl_begin();
   const int64_t n = M * I;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -120,6 +188,7 @@ __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int6
 }
 template <typename E>
 __global__ void transpose01_kernel(E* out, const E* x, int64_t A, int64_t B, int64_t C) {
+  pdl_begin();
   const int64_t n = A * B * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -130,6 +199,7 @@ __global__ void transpose01_kernel(E* out, const E* x, int64_t A, int64_t B, int
 template <typename E>
 __global__ void gather_rows_kernel(E* out, const E* x, const int32_t* rows, int64_t R, int64_t T, int64_t C,
                                    DevErr* err) {
+  pdl_begin();
   const int64_t n = R * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -143,6 +213,7 @@ __global__ void gather_rows_kernel(E* out, const E* x, const int32_t* rows, int6
   }
 }
 __global__ void softcap_bf16_kernel(bf16* x, float cap, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float v = round_bf(bf(x[i]) / cap);  // HF: (logits / cap), tanh, * cap, each rounded to bf16
@@ -151,6 +222,7 @@ __global__ void softcap_bf16_kernel(bf16* x, float cap, int64_t n) {
   }
 }
 __global__ void softcap_f32_kernel(float* x, float cap, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     x[i] = cap * tanhf(x[i] / cap);
@@ -164,6 +236,9 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
 }
 template <typename E>
 __global__ void fill_random_kernel(E* out, int64_t n, uint64_t seed, float mean, float std, bool normal) {
+  // It writes weights, which GEMVs prefetch before their PDL wait: no early trigger, so no later kernel
+  // launches before this one completes.
+  pdl_wait();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     uint64_t h = mix64(seed ^ mix64(uint64_t(i)));
@@ -189,8 +264,8 @@ void embed(Ctx& c, Tensor out, const Tensor& ids, const Tensor& table, float sca
   const int64_t T = ids.numel(), V = table.dim(0), H = table.numel() / V;
   MTP_CHECK(out.numel() == T * H, "cuda embed: out {} does not hold {} rows of {}", out.shape_str(), T, H);
   if (T == 0) return;
-  embed_kernel<<<unsigned(T), kThreads, 0, c.stream>>>(mbf(out), ids.ptr<const int32_t>(), cbf(table), V, H,
-                                                       scale, c.err);
+  launch(c.stream, "embed_kernel", embed_kernel, dim3(unsigned(T)), dim3(kThreads), 0, mbf(out),
+         ids.ptr<const int32_t>(), cbf(table), V, H, scale, c.err);
   check_launch("embed");
 }
 
@@ -204,10 +279,19 @@ void rms_norm(Ctx& c, Tensor out, const Tensor& x, const Tensor& w, float eps) {
   const int64_t R = x.numel() / D;
   if (R == 0) return;
   const bf16* wp = w.defined() ? cbf(w) : nullptr;
-  if (D >= 1024) {
-    rms_norm_kernel<256><<<unsigned(R), 256, 0, c.stream>>>(mbf(out), cbf(x), wp, R, D, eps);
+  const int tpr = D >= 1024 ? 256 : 32, wpt = vec_words(D, tpr, {out.data, x.data, wp});
+  const dim3 blocks{unsigned((R + kVecThreads / tpr - 1) / (kVecThreads / tpr))}, threads{kVecThreads};
+  if (wpt > 0) {
+    with_row_shape(tpr, wpt, [&](auto t, auto w) {
+      launch(c, "rms_norm", rms_norm_vec_kernel<t(), w()>, blocks, threads, 0, mbf(out), cbf(x), wp, R, D,
+             eps);
+    });
+  } else if (D >= 1024) {
+    launch(c.stream, "rms_norm_kernel", rms_norm_kernel<256>, dim3(unsigned(R)), dim3(256), 0, mbf(out),
+           cbf(x), wp, R, D, eps);
   } else {
-    rms_norm_kernel<32><<<unsigned((R + 7) / 8), 256, 0, c.stream>>>(mbf(out), cbf(x), wp, R, D, eps);
+    launch(c.stream, "rms_norm_kernel", rms_norm_kernel<32>, dim3(unsigned((R + 7) / 8)), dim3(256), 0,
+           mbf(out), cbf(x), wp, R, D, eps);
   }
   check_launch("rms_norm");
 }
@@ -244,12 +328,21 @@ void rms_norm_add(Ctx& c, Tensor x, const Tensor& o, const Tensor& w, float eps,
   bf16* hp = h.defined() ? mbf(h) : nullptr;
   const bf16* wp = w.defined() ? cbf(w) : nullptr;
   const bf16* hwp = h.defined() && hw.defined() ? cbf(hw) : nullptr;
+  const int tpr = D >= 1024 ? 256 : 32, wpt = vec_words(D, tpr, {x.data, o.data, hp, wp, hwp});
+  const dim3 blocks{unsigned((R + kVecThreads / tpr - 1) / (kVecThreads / tpr))}, threads{kVecThreads};
+  if (wpt > 0) {
+    with_row_shape(tpr, wpt, [&](auto t, auto w) {
+      launch(c, "rms_norm_add", rms_norm_add_vec_kernel<t(), w()>, blocks, threads, 0, mbf(x), hp, cbf(o), wp,
+             hwp, sb, sf, R, D, eps);
+    });
+    return;
+  }
   if (D >= 1024)  // the launch shapes of rms_norm (the same sums)
-    rms_norm_add_kernel<256>
-        <<<unsigned(R), 256, 0, c.stream>>>(mbf(x), hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
+    launch(c.stream, "rms_norm_add_kernel", rms_norm_add_kernel<256>, dim3(unsigned(R)), dim3(256), 0, mbf(x),
+           hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
   else
-    rms_norm_add_kernel<32>
-        <<<unsigned((R + 7) / 8), 256, 0, c.stream>>>(mbf(x), hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
+    launch(c.stream, "rms_norm_add_kernel", rms_norm_add_kernel<32>, dim3(unsigned((R + 7) / 8)), dim3(256),
+           0, mbf(x), hp, cbf(o), wp, hwp, sb, sf, R, D, eps);
   check_launch("rms_norm_add");
 }
 
@@ -265,7 +358,8 @@ void add(Ctx& c, Tensor out, const Tensor& a, const Tensor& b) {
   same3(out, a, b, "add");
   const int64_t n = a.numel();
   if (!n) return;
-  add_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(a), cbf(b), n);
+  launch(c.stream, "add_kernel", add_kernel, dim3(grid_for(n, kThreads)), dim3(kThreads), 0, mbf(out), cbf(a),
+         cbf(b), n);
   check_launch("add");
 }
 void scale(Ctx& c, Tensor out, const Tensor& x, float s) {
@@ -274,7 +368,8 @@ void scale(Ctx& c, Tensor out, const Tensor& x, float s) {
   MTP_CHECK(out.numel() == x.numel(), "cuda scale: shapes {} {} differ", x.shape_str(), out.shape_str());
   const int64_t n = x.numel();
   if (!n) return;
-  scale_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), s, n);
+  launch(c.stream, "scale_kernel", scale_kernel, dim3(grid_for(n, kThreads)), dim3(kThreads), 0, mbf(out),
+         cbf(x), s, n);
   check_launch("scale");
 }
 void mul_bcast(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
@@ -286,10 +381,11 @@ void mul_bcast(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
             w.shape_str(), out.shape_str());
   if (!n) return;
   if (w.dtype == DType::F32)
-    mul_bcast_kernel<float>
-        <<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), w.ptr<const float>(), n, D);
+    launch(c.stream, "mul_bcast_kernel", mul_bcast_kernel<float>, dim3(grid_for(n, kThreads)), dim3(kThreads),
+           0, mbf(out), cbf(x), w.ptr<const float>(), n, D);
   else if (w.dtype == DType::BF16)
-    mul_bcast_kernel<bf16><<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(x), cbf(w), n, D);
+    launch(c.stream, "mul_bcast_kernel", mul_bcast_kernel<bf16>, dim3(grid_for(n, kThreads)), dim3(kThreads),
+           0, mbf(out), cbf(x), cbf(w), n, D);
   else
     fail("cuda mul_bcast: w must be BF16 or F32, got {}", dtype_name(w.dtype));
   check_launch("mul_bcast");
@@ -298,7 +394,8 @@ void gelu_mul(Ctx& c, Tensor out, const Tensor& gate, const Tensor& up) {
   same3(out, gate, up, "gelu_mul");
   const int64_t n = gate.numel();
   if (!n) return;
-  gelu_mul_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(gate), cbf(up), n);
+  launch(c.stream, "gelu_mul_kernel", gelu_mul_kernel, dim3(grid_for(n, kThreads)), dim3(kThreads), 0,
+         mbf(out), cbf(gate), cbf(up), n);
   check_launch("gelu_mul");
 }
 void gelu_mul_fused(Ctx& c, Tensor out, const Tensor& gu) {
@@ -308,7 +405,8 @@ void gelu_mul_fused(Ctx& c, Tensor out, const Tensor& gu) {
   MTP_CHECK(gu.row_numel() % 2 == 0 && out.numel() == M * I, "cuda gelu_mul_fused: gu {} / out {}",
             gu.shape_str(), out.shape_str());
   if (!M || !I) return;
-  gelu_mul_fused_kernel<<<grid_for(M * I, kThreads), kThreads, 0, c.stream>>>(mbf(out), cbf(gu), M, I);
+  launch(c.stream, "gelu_mul_fused_kernel", gelu_mul_fused_kernel, dim3(grid_for(M * I, kThreads)),
+         dim3(kThreads), 0, mbf(out), cbf(gu), M, I);
   check_launch("gelu_mul_fused");
 }
 void transpose01(Ctx& c, Tensor out, const Tensor& x) {
@@ -322,20 +420,20 @@ void transpose01(Ctx& c, Tensor out, const Tensor& x) {
   const unsigned g = grid_for(n, kThreads);
   switch (dtype_size(x.dtype)) {
     case 1:
-      transpose01_kernel<uint8_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), A, B, C);
+      launch(c.stream, "transpose01_kernel", transpose01_kernel<uint8_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint8_t>(), x.ptr<const uint8_t>(), A, B, C);
       break;
     case 2:
-      transpose01_kernel<uint16_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), A, B, C);
+      launch(c.stream, "transpose01_kernel", transpose01_kernel<uint16_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint16_t>(), x.ptr<const uint16_t>(), A, B, C);
       break;
     case 4:
-      transpose01_kernel<uint32_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), A, B, C);
+      launch(c.stream, "transpose01_kernel", transpose01_kernel<uint32_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint32_t>(), x.ptr<const uint32_t>(), A, B, C);
       break;
     default:
-      transpose01_kernel<uint64_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), A, B, C);
+      launch(c.stream, "transpose01_kernel", transpose01_kernel<uint64_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint64_t>(), x.ptr<const uint64_t>(), A, B, C);
   }
   check_launch("transpose01");
 }
@@ -351,20 +449,20 @@ void gather_rows(Ctx& c, Tensor out, const Tensor& x, const Tensor& rows) {
   const int32_t* rp = rows.ptr<const int32_t>();
   switch (dtype_size(x.dtype)) {
     case 1:
-      gather_rows_kernel<uint8_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint8_t>(), x.ptr<const uint8_t>(), rp, R, T, C, c.err);
+      launch(c.stream, "gather_rows_kernel", gather_rows_kernel<uint8_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint8_t>(), x.ptr<const uint8_t>(), rp, R, T, C, c.err);
       break;
     case 2:
-      gather_rows_kernel<uint16_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint16_t>(), x.ptr<const uint16_t>(), rp, R, T, C, c.err);
+      launch(c.stream, "gather_rows_kernel", gather_rows_kernel<uint16_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint16_t>(), x.ptr<const uint16_t>(), rp, R, T, C, c.err);
       break;
     case 4:
-      gather_rows_kernel<uint32_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint32_t>(), x.ptr<const uint32_t>(), rp, R, T, C, c.err);
+      launch(c.stream, "gather_rows_kernel", gather_rows_kernel<uint32_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint32_t>(), x.ptr<const uint32_t>(), rp, R, T, C, c.err);
       break;
     default:
-      gather_rows_kernel<uint64_t>
-          <<<g, kThreads, 0, c.stream>>>(out.ptr<uint64_t>(), x.ptr<const uint64_t>(), rp, R, T, C, c.err);
+      launch(c.stream, "gather_rows_kernel", gather_rows_kernel<uint64_t>, dim3(g), dim3(kThreads), 0,
+             out.ptr<uint64_t>(), x.ptr<const uint64_t>(), rp, R, T, C, c.err);
   }
   check_launch("gather_rows");
 }
@@ -373,9 +471,11 @@ void softcap(Ctx& c, Tensor x, float cap) {
   const int64_t n = x.numel();
   if (!n) return;
   if (x.dtype == DType::BF16)
-    softcap_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(mbf(x), cap, n);
+    launch(c.stream, "softcap_bf16_kernel", softcap_bf16_kernel, dim3(grid_for(n, kThreads)), dim3(kThreads),
+           0, mbf(x), cap, n);
   else if (x.dtype == DType::F32)
-    softcap_f32_kernel<<<grid_for(n, kThreads), kThreads, 0, c.stream>>>(x.ptr<float>(), cap, n);
+    launch(c.stream, "softcap_f32_kernel", softcap_f32_kernel, dim3(grid_for(n, kThreads)), dim3(kThreads), 0,
+           x.ptr<float>(), cap, n);
   else
     fail("cuda softcap: x must be BF16 or F32, got {}", dtype_name(x.dtype));
   check_launch("softcap");
@@ -386,9 +486,11 @@ void fill_random(Ctx& c, Tensor t, uint64_t seed, float mean, float std, bool no
   if (!n) return;
   const unsigned g = grid_for(n, kThreads, 132 * 64);
   if (t.dtype == DType::BF16)
-    fill_random_kernel<bf16><<<g, kThreads, 0, c.stream>>>(mbf(t), n, seed, mean, std, normal);
+    launch(c.stream, "fill_random_kernel", fill_random_kernel<bf16>, dim3(g), dim3(kThreads), 0, mbf(t), n,
+           seed, mean, std, normal);
   else if (t.dtype == DType::F32)
-    fill_random_kernel<float><<<g, kThreads, 0, c.stream>>>(t.ptr<float>(), n, seed, mean, std, normal);
+    launch(c.stream, "fill_random_kernel", fill_random_kernel<float>, dim3(g), dim3(kThreads), 0,
+           t.ptr<float>(), n, seed, mean, std, normal);
   else
     fail("cuda fill_random: dtype {} is not BF16 or F32", dtype_name(t.dtype));
   check_launch("fill_random");

@@ -51,6 +51,7 @@ __device__ void block_argmax(const E* row, int64_t lo, int64_t hi, float& bv, in
 // Pass 1: block (c, r) reduces chunk c of row r to (value, index) partials [R, nchunk].
 template <typename E>
 __global__ void argmax_partial_kernel(float* pv, int64_t* pi, const E* x, int64_t V, int64_t chunk) {
+  pdl_begin();
   const E* row = x + int64_t(blockIdx.y) * V;
   const int64_t lo = int64_t(blockIdx.x) * chunk;
   float bv;
@@ -66,6 +67,7 @@ __global__ void argmax_partial_kernel(float* pv, int64_t* pi, const E* x, int64_
 // among candidates) instead of the index.
 __global__ void argmax_final_kernel(int32_t* out, const float* pv, const int64_t* pi, int nchunk,
                                     const int32_t* ids, int64_t V) {
+  pdl_begin();
   const int64_t r = blockIdx.x;
   float bv = -INFINITY;
   int64_t bi = INT64_MAX;
@@ -93,14 +95,15 @@ void launch_argmax(Backend& be, Ctx& c, int32_t* out, const E* x, int64_t R, int
   while (R * ((V + chunk - 1) / chunk) > 8 * int64_t(c.num_sms) && chunk < V) chunk *= 2;
   const int nchunk = int((V + chunk - 1) / chunk);
   Tensor pv = scratch(be, DType::F32, R * nchunk), pi = scratch(be, DType::I64, R * nchunk);
-  argmax_partial_kernel<E><<<dim3(unsigned(nchunk), unsigned(R)), 256, 0, c.stream>>>(
-      pv.ptr<float>(), pi.ptr<int64_t>(), x, V, chunk);
-  argmax_final_kernel<<<unsigned(R), 32, 0, c.stream>>>(out, pv.ptr<const float>(), pi.ptr<const int64_t>(),
-                                                        nchunk, ids, V);
+  launch(c.stream, "argmax_partial_kernel", argmax_partial_kernel<E>, dim3(unsigned(nchunk), unsigned(R)),
+         dim3(256), 0, pv.ptr<float>(), pi.ptr<int64_t>(), x, V, chunk);
+  launch(c.stream, "argmax_final_kernel", argmax_final_kernel, dim3(unsigned(R)), dim3(32), 0, out,
+         pv.ptr<const float>(), pi.ptr<const int64_t>(), nchunk, ids, V);
 }
 
 template <typename E>
 __global__ void to_f32_kernel(float* out, const E* x, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = ld(x, i);
@@ -145,10 +148,12 @@ void to_f32(Ctx& c, Tensor out, const Tensor& x) {
   const unsigned g = grid_for(n, 256);
   switch (x.dtype) {
     case DType::BF16:
-      to_f32_kernel<bf16><<<g, 256, 0, c.stream>>>(out.ptr<float>(), cbf(x), n);
+      launch(c.stream, "to_f32_kernel", to_f32_kernel<bf16>, dim3(g), dim3(256), 0, out.ptr<float>(), cbf(x),
+             n);
       break;
     case DType::F16:
-      to_f32_kernel<__half><<<g, 256, 0, c.stream>>>(out.ptr<float>(), x.ptr<const __half>(), n);
+      launch(c.stream, "to_f32_kernel", to_f32_kernel<__half>, dim3(g), dim3(256), 0, out.ptr<float>(),
+             x.ptr<const __half>(), n);
       break;
     case DType::F32:
       CUDA_OK(cudaMemcpyAsync(out.data, x.data, size_t(n) * 4, cudaMemcpyDeviceToDevice, c.stream), "to_f32");
