@@ -351,6 +351,10 @@ void check_meta(const AttnMeta& m, const KvPageTable& pt, int64_t T, const char*
 
 }  // namespace
 
+// attention_prefill.cu: the tensor-core kernel for causal prefill blocks; false when it does not apply.
+bool attention_prefill(Ctx&, Tensor out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const AttnMeta& m, const KvPageTable& pt, int window);
+
 void kv_write(Ctx& c, Tensor k_cache, Tensor v_cache, const Tensor& k, const Tensor& v, const AttnMeta& m,
               const KvPageTable& pt) {
   need(k_cache, DType::BF16, "kv_write", "k_cache");
@@ -390,6 +394,7 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
               m.tree_mask.shape_str(), T, m.max_q);
   }
   if (T == 0) return;
+  if (attention_prefill(c, out, q, k_cache, v_cache, m, pt, window)) return;
   const int group = int(nh / kvh);
   const int NI = D <= 64 ? 1 : D <= 128 ? 2 : D <= 256 ? 4 : 8;
   const int max_gb = NI == 8 ? 4 : 8;
