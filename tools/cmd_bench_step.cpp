@@ -5,9 +5,12 @@
 //            (weights + KV read, see bench_step_util.h), GB/s, roofline (bytes / measured copy bandwidth);
 //   spec     with --assistant: one draft step (assistant step + greedy pick on the device + ids to the host)
 //            as % of a decode step, one verify (target forward of K+1 rows per sequence), and a whole MTP
-//            iteration by K: draft (K steps) + verify + accept (greedy: row argmaxes on the device and the
-//            ids to the host, or with --accept logits every logit to the host and the engine's host-side
-//            accept_chain) + other (building the batches: the rest of the wall time);
+//            iteration by K: draft (K steps) + verify + accept (--accept device: greedy, row argmaxes on the
+//            device and the ids to the host; sampled (or logits, its former name): the engine's path for
+//            sampled requests, sample_rows on the device and [R, 2] numbers to the host, then host
+//            acceptance; host: the path it replaced, every logit to the host and the same math row by row on
+//            the CPU; both sampled modes at temperature 1, top-k 64, top-p 0.95) + other (building the
+//            batches: the rest of the wall time);
 //            break-even AL = iteration / decode step, the tokens per iteration speculation must commit to
 //            beat plain decoding;
 //   prefill  tokens/s of a whole-prompt prefill at batch 1, chunked.
@@ -24,8 +27,8 @@
 #include "bench_step_util.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "engine/accept.h"
 #include "engine/graphs.h"
-#include "engine/sampler.h"
 #include "model/loader.h"
 
 namespace mtpserve::cli {
@@ -380,8 +383,8 @@ class StepBench {
     seed(p);
     const int B = p.B, V = target_->config().vocab_size;
     std::vector<double> td, tv, ta, tx, tot;
-    SamplingParams greedy;
-    greedy.temperature = 0;
+    SamplingParams sampled;  // Gemma 4's generation_config
+    sampled.temperature = 1.0f, sampled.top_k = 64, sampled.top_p = 0.95f;
     int64_t accepted = 0, rounds = 0;
     for (int it = 0; it < o_.warmup + o_.iters; it++) {
       auto t0 = Clock::now();
@@ -413,16 +416,24 @@ class StepBench {
           while (n < K && drafts[b][n] == row[n]) n++;
           accepted += n;
         }
-      } else {  // every logit to the host, the engine's host-side acceptance (sampled or penalised requests)
-        std::vector<float> logits(size_t(B) * (K + 1) * V);
-        be_->copy_to_host(logits.data(), logits_v);
-        for (int b = 0; b < B; b++) {
-          PenaltyState pen;
-          Rng rng{uint64_t(b)};
-          accepted +=
-              accept_chain(logits.data() + size_t(b) * (K + 1) * V, V, drafts[b].data(), K, greedy, pen, rng)
-                  .accepted;
+      } else {  // sampled requests: their acceptance numbers from sample_rows, then host acceptance
+        std::vector<PenaltyState> pens(static_cast<size_t>(B));
+        std::vector<Rng> rngs;
+        std::vector<BlockRows> blocks;
+        for (int b = 0; b < B; b++) rngs.emplace_back(uint64_t(it) * 1000 + uint64_t(b));
+        for (int b = 0; b < B; b++)
+          blocks.push_back({&sampled, &pens[size_t(b)], &rngs[size_t(b)], &drafts[b]});
+        RowDraws dr;
+        if (o_.accept != "host") {  // sampled (logits: its former name): [R, 2] numbers to the host
+          dr = draw_rows(*be_, logits_v, blocks);
+        } else {  // every logit to the host and the same math row by row on the CPU (the replaced path)
+          std::vector<float> logits(size_t(B) * (K + 1) * V);
+          be_->copy_to_host(logits.data(), logits_v);
+          dr = draw_rows(*host_, Tensor(logits.data(), DType::F32, {int64_t(B) * (K + 1), V}), blocks);
         }
+        for (int b = 0; b < B; b++)
+          accepted +=
+              accept_chain(dr, b * (K + 1), drafts[b].data(), K, pens[size_t(b)], rngs[size_t(b)]).accepted;
       }
       rounds += B;
       const double a_ms = ms_since(t2), all = ms_since(t0);
@@ -504,7 +515,9 @@ class StepBench {
   }
   void print_mtp_header() const {
     fmt::print("MTP iteration (draft K steps + verify + accept ({}) + other)\n",
-               o_.accept == "device" ? "greedy, argmax on the device" : "all logits to the host");
+               o_.accept == "device" ? "greedy, argmax on the device"
+               : o_.accept == "host" ? "sampled T=1 top-k 64 top-p 0.95, all logits to the host"
+                                     : "sampled T=1 top-k 64 top-p 0.95, sample_rows on the device");
     fmt::print("{:>6} {:>5} {:>2} | {:>9} {:>9} {:>9} {:>9} | {:>9} | {:>6} | {:>13}\n", "ctx", "batch", "K",
                "draft ms", "verify ms", "accept ms", "other ms", "iter ms", "draft%", "break-even AL");
   }
@@ -519,6 +532,7 @@ class StepBench {
 
   StepOpts o_;
   std::unique_ptr<Backend> be_;
+  std::unique_ptr<Backend> host_ = make_cpu_backend();  // --accept host: the CPU definition on host logits
   std::unique_ptr<Gemma4Model> target_;
   std::unique_ptr<Gemma4Assistant> assistant_;
   KvPool pool_;
@@ -576,9 +590,11 @@ void add_bench_step_command(CLI::App& app) {
       ->capture_default_str();
   c->add_option(
        "--accept", o->accept,
-       "MTP acceptance: device (greedy: row argmaxes on the device, ids to the host) or logits (every "
-       "logit to the host, the engine's host-side acceptance of sampled requests)")
-      ->check(CLI::IsMember({"device", "logits"}))
+       "MTP acceptance: device (greedy: row argmaxes on the device, ids to the host), sampled (the engine's "
+       "path for sampled requests: sample_rows on the device, a few numbers per row to the host, host "
+       "acceptance; T=1, top-k 64, top-p 0.95; logits is its former name) or host (the path it replaced: "
+       "every logit to the host, the same math on the CPU)")
+      ->check(CLI::IsMember({"device", "sampled", "logits", "host"}))
       ->capture_default_str();
   c->add_option(
        "--graphs", o->graphs,

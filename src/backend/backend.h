@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -32,6 +33,16 @@ struct AttnMeta {
 struct KvPageTable {
   Tensor pages;  // [S, max_pages] I32; -1 for pages already returned to the pool
   int page_size = 16;
+};
+
+// Per-row inputs of Backend::sample_rows, on the backend's device (views of one upload are fine).
+struct SampleRowsArgs {
+  Tensor params;    // [R, 4] F32: temperature, top_p, min_p, top_k (an integer; 0 = off) of each row
+  Tensor drafts;    // [R, C] I32: the draft ids below each row, -1 padded (a chain row 1, a tree node more)
+  Tensor uniforms;  // [R] I64: 64 random bits per row; u_r = (uniforms[r] >> 11) * 2^-53 in [0, 1)
+  Tensor pen_off;   // [R + 1] I32: row r's penalties are entries [pen_off[r], pen_off[r + 1]) of:
+  Tensor pen_ids;   // [P] I32 token ids, ascending and unique within a row
+  Tensor pen_val;   // [P] F32 amount subtracted from that logit (presence + frequency * count)
 };
 
 // A recorded sequence of ops (a CUDA graph), replayed on the same device addresses. Its inputs are the
@@ -140,6 +151,13 @@ class Backend {
   // out[R] I32 = ids[r, argmax_j scores[r, j]]  (scores [R, N] F32, ids [R, N] I32; first j on ties): the
   // greedy pick among candidates, e.g. of the centroid head.
   virtual void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) = 0;
+  // Sampled verification, per row r of logits [R, V] F32: p_r = the row's processed target distribution
+  // (sample_probs below: penalties, temperature, top-k, top-p, min-p in the stable sort's order,
+  // renormalised; one-hot at the first argmax when temperature <= 0 or top_k == 1).
+  // out_pd [R, C] F32 = p_r(drafts[r, j]) (0 for -1); out_tok [R] I32 = the inverse-CDF sample at u_r from
+  // p_r with every draft of the row zeroed, renormalised (-1 when nothing is left). Only these numbers need
+  // to reach the host: acceptance is host logic over them (engine/accept.h).
+  virtual void sample_rows(Tensor out_pd, Tensor out_tok, const Tensor& logits, const SampleRowsArgs& a) = 0;
 
   // --- graphs ---
   // Record `ops` (which must not copy to or from the host) into a Graph without running them. Memory that
@@ -163,5 +181,14 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+
+// The definition of sample_rows' math (the CPU backend runs it; the engine's sampler reuses it).
+// sample_probs: the processed distribution of one row of already-penalised logits l[V]: greedy (temperature
+// <= 0 or top_k == 1) one-hot at the first argmax; else softmax(l / temperature), then top-k, top-p (the
+// smallest prefix whose mass reaches top_p), min-p (relative to the top probability) over the stable sort by
+// probability, renormalised when any filter is on.
+std::vector<float> sample_probs(std::vector<float> l, float temperature, int top_k, float top_p, float min_p);
+// The first v with u * sum(p) < p[0] + ... + p[v] (p need not be normalised); -1 when p has no mass.
+int32_t inverse_cdf(const std::vector<float>& p, double u);
 
 }  // namespace mtpserve

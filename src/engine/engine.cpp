@@ -24,9 +24,8 @@
 #include <set>
 #include <thread>
 
+#include "engine/accept.h"
 #include "engine/kv_cache.h"
-#include "engine/sampler.h"
-#include "engine/tree.h"
 #include "model/assistant.h"
 #include "model/loader.h"
 
@@ -368,50 +367,50 @@ class EngineImpl final : public Engine {
     }
     const int V = info_.vocab_size;
     const int64_t H = target_->config().hidden_size;
-    // Greedy requests without penalties or log-probs need only each row's argmax: [R] ids leave the device
-    // instead of [R, V] logits.
-    bool top_only = true;
-    for (const Work& w : work) top_only = top_only && w.q->r.sampling.top_only();
-    std::vector<float> logits, hidden(size_t(out_rows) * H);
-    std::vector<int32_t> top;
+    // What acceptance needs of each output row, and the logits rows of requests that want log-probs
+    // (engine/accept.h): no [R, V] copy otherwise.
+    std::vector<BlockRows> blocks;
+    std::vector<int> block_of(work.size(), -1);
+    for (size_t i = 0; i < work.size(); i++) {
+      if (!work[i].verify && !work[i].last_chunk) continue;
+      Req& q = *work[i].q;
+      block_of[i] = int(blocks.size());
+      blocks.push_back({&q.r.sampling, &q.pen, &q.rng, &work[i].drafts, &work[i].parent});
+    }
+    RowDraws draws;
+    std::vector<float> hidden(size_t(out_rows) * H);
+    std::vector<std::vector<float>> lp_rows;  // per block: its rows' logits when its request wants log-probs
     if (out_rows > 0) {  // a graph's outputs have the rows of its bucket: the first out_rows are ours
-      if (top_only) {
-        Tensor ids = be_->alloc(DType::I32, {out_rows});
-        be_->argmax(ids, o.logits.rows(0, out_rows));
-        top.resize(size_t(out_rows));
-        be_->copy_to_host(top.data(), ids);
-      } else {
-        logits.resize(size_t(out_rows) * V);
-        be_->copy_to_host(logits.data(), o.logits.rows(0, out_rows));
-      }
+      draws = step_draws(*be_, o.logits.rows(0, out_rows), blocks, lp_rows);
       read_act(hidden.data(), o.hidden.rows(0, out_rows));
     }
-    const int32_t* tops = top_only ? top.data() : nullptr;
-    auto row_ptr = [&](int r) { return top_only ? nullptr : logits.data() + size_t(r) * V; };
 
     // ---- accept, commit, emit ----
-    for (Work& w : work) {
+    for (size_t wi = 0; wi < work.size(); wi++) {
+      Work& w = work[wi];
       Req& q = *w.q;
+      auto lrow = [&](int b) -> const float* {
+        const int k = block_of[wi];
+        return k < 0 || lp_rows[size_t(k)].empty() ? nullptr : lp_rows[size_t(k)].data() + size_t(b) * V;
+      };
       if (!w.verify) {
         q.computed += w.q_len;
         if (!w.last_chunk) continue;
-        const float* row = row_ptr(w.out0);
         q.seed_h.assign(hidden.begin() + size_t(w.out0) * H, hidden.begin() + size_t(w.out0 + 1) * H);
         if (q.emitted > 0) continue;  // recomputed after preemption: the next token is already the bonus
-        int32_t t = top_only ? tops[w.out0] : sample_token(row, V, q.r.sampling, q.pen, q.rng);
+        const int32_t t = draws.tok[size_t(w.out0)];
+        MTP_CHECK(t >= 0, "sampling: the prompt's last row has no probability mass (non-finite logits?)");
         q.pen.add(t);
-        emit(q, {t}, {row});
+        emit(q, {t}, {lrow(0)});
       } else {
-        const float* rows = row_ptr(w.out0);
-        const int32_t* wtop = top_only ? tops + w.out0 : nullptr;
         std::vector<int> path;  // block indices of the committed nodes after the root
         int32_t next;
         if (w.parent.empty()) {
-          ChainAccept a = accept_chain(rows, V, w.drafts.data(), w.k, q.r.sampling, q.pen, q.rng, wtop);
+          ChainAccept a = accept_chain(draws, w.out0, w.drafts.data(), w.k, q.pen, q.rng);
           for (int i = 1; i <= a.accepted; i++) path.push_back(i);
           next = a.next;
         } else {
-          next = accept_tree({w.drafts, w.parent}, rows, V, q.r.sampling, q.pen, q.rng, path, wtop);
+          next = accept_tree(draws, w.out0, {w.drafts, w.parent}, q.pen, q.rng, path);
           compact_kv(q, path);
         }
         const int accepted = int(path.size());
@@ -420,9 +419,8 @@ class EngineImpl final : public Engine {
         q.seed_h.assign(hidden.begin() + size_t(w.out0 + last) * H,
                         hidden.begin() + size_t(w.out0 + last + 1) * H);
         std::vector<int32_t> toks;
-        std::vector<const float*> lrows{rows};
-        for (int b : path)
-          toks.push_back(w.drafts[b - 1]), lrows.push_back(rows ? rows + size_t(b) * V : nullptr);
+        std::vector<const float*> lrows{lrow(0)};
+        for (int b : path) toks.push_back(w.drafts[b - 1]), lrows.push_back(lrow(b));
         toks.push_back(next);
         q.drafted += int(w.drafts.size());
         q.accepted += accepted;

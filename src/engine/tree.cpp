@@ -34,28 +34,6 @@ TreeBlock select_tree(const std::vector<DraftNode>& nodes, int want) {
   return t;
 }
 
-int32_t accept_tree(const TreeBlock& t, const float* rows, int V, const SamplingParams& sp, PenaltyState& pen,
-                    Rng& rng, std::vector<int>& path, const int32_t* top) {
-  MTP_ASSERT(!top || sp.top_only());
-  int cur = 0;
-  for (;;) {
-    const float* row = top ? nullptr : rows + size_t(cur) * V;
-    int32_t x = top           ? top[cur]
-                : sp.greedy() ? greedy_token(row, V, sp, pen)
-                              : sample_from(target_probs(row, V, sp, pen), rng);
-    pen.add(x);
-    int child = -1;
-    for (size_t i = 0; i < t.parent.size(); i++)
-      if (t.parent[i] == cur && t.tokens[i] == x) {
-        child = int(i) + 1;
-        break;
-      }
-    if (child < 0) return x;
-    path.push_back(child);
-    cur = child;
-  }
-}
-
 // Top-t (token, log-prob) of each row of an assistant step (log-softmax over the vocabulary, or over the
 // centroid head's candidates with -inf elsewhere).
 std::vector<std::vector<std::pair<int32_t, float>>> top_children(Backend& be, const DraftStepOutput& o, int B,

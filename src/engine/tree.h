@@ -1,10 +1,10 @@
 // Draft trees for topk > 1 (mtp-algorithm.md §2.4): choosing the verify block's nodes from every expanded
-// candidate, and walking the verified tree. Pure host functions, separate from the engine loop.
+// candidate (walking the verified tree is engine/accept.h). Pure host functions, separate from the engine
+// loop.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "engine/sampler.h"
 #include "model/assistant.h"
 
 namespace mtpserve {
@@ -28,15 +28,6 @@ struct TreeBlock {
 // The best `want` candidates by score, closed under ancestors (a child never scores above its parent, but
 // ties can break closure, so ancestors are added explicitly), ordered by depth.
 TreeBlock select_tree(const std::vector<DraftNode>& nodes, int want);
-
-// Walk a verified tree from the root (rows [1 + nodes, V] of target logits, row i for block node i).
-// Greedy: follow the child equal to the target's choice. Sampled: draw x from the target distribution at the
-// current node; if x is a child move there, else x is the correction token — inverse-CDF sampling over
-// [children..., rest], so the emitted tokens have exactly the target's distribution. Appends the accepted
-// block indices to `path`, advances `pen`, and returns the token that follows them. `top`: as for
-// accept_chain.
-int32_t accept_tree(const TreeBlock& t, const float* rows, int V, const SamplingParams& sp, PenaltyState& pen,
-                    Rng& rng, std::vector<int>& path, const int32_t* top = nullptr);
 
 // Top-t (token, log-prob) of each of the B rows of an assistant step: log-softmax over the vocabulary (dense
 // head), or over the centroid head's candidates (every other token at -inf).

@@ -417,6 +417,42 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void sample_rows(Tensor out_pd, Tensor out_tok, const Tensor& logits, const SampleRowsArgs& a) override {
+    const int64_t R = logits.dim(0), V = logits.dim(-1), C = a.drafts.dim(-1);
+    MTP_CHECK(logits.dtype == DType::F32 && logits.ndim == 2 && a.params.numel() == R * 4 &&
+                  a.drafts.numel() == R * C && a.uniforms.numel() == R && a.pen_off.numel() == R + 1 &&
+                  out_pd.numel() == R * C && out_tok.numel() == R && a.params.dtype == DType::F32 &&
+                  a.drafts.dtype == DType::I32 && a.uniforms.dtype == DType::I64 &&
+                  a.pen_off.dtype == DType::I32 && out_pd.dtype == DType::F32 && out_tok.dtype == DType::I32,
+              "cpu sample_rows: logits {} params {} drafts {} uniforms {} pen_off {} out_pd {} out_tok {}",
+              logits.shape_str(), a.params.shape_str(), a.drafts.shape_str(), a.uniforms.shape_str(),
+              a.pen_off.shape_str(), out_pd.shape_str(), out_tok.shape_str());
+    const int32_t* off = a.pen_off.ptr<const int32_t>();
+    MTP_CHECK(off[0] == 0 && (off[R] == 0 || (off[R] <= a.pen_ids.numel() && off[R] <= a.pen_val.numel())),
+              "cpu sample_rows: pen_off ends at {} past the {} penalty entries", off[R], a.pen_ids.numel());
+    for (int64_t r = 0; r < R; r++) {
+      const float* row = logits.ptr<const float>() + r * V;
+      std::vector<float> l(row, row + V);
+      for (int32_t i = off[r]; i < off[r + 1]; i++) {
+        const int32_t id = a.pen_ids.ptr<const int32_t>()[i];
+        MTP_CHECK(i == off[r] || id > a.pen_ids.ptr<const int32_t>()[i - 1],
+                  "cpu sample_rows: the penalty ids of row {} are not ascending and unique", r);
+        if (id >= 0 && id < V) l[id] -= a.pen_val.ptr<const float>()[i];
+      }
+      const float* pr = a.params.ptr<const float>() + r * 4;
+      std::vector<float> p = sample_probs(std::move(l), pr[0], int(pr[3]), pr[1], pr[2]);
+      const int32_t* d = a.drafts.ptr<const int32_t>() + r * C;
+      for (int64_t j = 0; j < C; j++) {
+        MTP_CHECK(d[j] >= -1 && d[j] < V, "cpu sample_rows: draft id {} is outside [-1, {})", d[j], V);
+        out_pd.ptr<float>()[r * C + j] = d[j] >= 0 ? p[d[j]] : 0.0f;
+      }
+      for (int64_t j = 0; j < C; j++)
+        if (d[j] >= 0) p[d[j]] = 0.0f;  // the residual after rejecting every child
+      const double u = double(uint64_t(a.uniforms.ptr<const int64_t>()[r]) >> 11) * 0x1p-53;
+      out_tok.ptr<int32_t>()[r] = inverse_cdf(p, u);
+    }
+  }
+
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y, const Tensor& cscores,
                            const Tensor& ordering, const Tensor& embed, int top_k) override {
     const int64_t B = y.dim(0), Ha = y.dim(1), C = cscores.dim(1), V = embed.dim(0), per = V / C;
@@ -450,5 +486,68 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+std::vector<float> sample_probs(std::vector<float> l, float temperature, int top_k, float top_p,
+                                float min_p) {
+  const int V = int(l.size());
+  MTP_ASSERT(V > 0);
+  std::vector<float> p(V, 0.0f);
+  if (temperature <= 0.0f || top_k == 1) {
+    p[std::max_element(l.begin(), l.end()) - l.begin()] = 1.0f;
+    return p;
+  }
+  const float t = temperature;
+  float mx = *std::max_element(l.begin(), l.end());
+  double sum = 0;
+  for (int v = 0; v < V; v++) sum += (p[v] = std::exp((l[v] - mx) / t));
+  for (auto& x : p) x = float(x / sum);
+  // top-k, then top-p (smallest set whose mass reaches top_p), then min-p (relative to the top probability).
+  if ((top_k > 0 && top_k < V) || top_p < 1.0f || min_p > 0.0f) {
+    std::vector<int> idx(V);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
+    int keep = V;
+    if (top_k > 0) keep = std::min(keep, top_k);
+    if (top_p < 1.0f) {
+      double tot = 0;
+      for (int i = 0; i < keep; i++) tot += p[idx[i]];
+      double cum = 0;
+      for (int i = 0; i < keep; i++) {
+        cum += p[idx[i]] / tot;
+        if (cum >= top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    if (min_p > 0.0f) {
+      float floor = min_p * p[idx[0]];
+      int k2 = 0;
+      while (k2 < keep && p[idx[k2]] >= floor) k2++;
+      keep = std::max(1, k2);
+    }
+    std::vector<float> q(V, 0.0f);
+    double tot = 0;
+    for (int i = 0; i < keep; i++) tot += p[idx[i]];
+    for (int i = 0; i < keep; i++) q[idx[i]] = float(p[idx[i]] / tot);
+    p.swap(q);
+  }
+  return p;
+}
+
+int32_t inverse_cdf(const std::vector<float>& p, double u) {
+  double tot = 0;
+  for (float x : p) tot += x;
+  if (!(tot > 0)) return -1;
+  double target = u * tot, cum = 0;
+  int32_t last = -1;
+  for (size_t v = 0; v < p.size(); v++) {
+    if (p[v] <= 0) continue;
+    cum += p[v];
+    last = int32_t(v);
+    if (target < cum) return int32_t(v);
+  }
+  return last;  // rounding at the top end
+}
 
 }  // namespace mtpserve

@@ -24,6 +24,8 @@ void need_cuda(const Tensor& t, const char* op, const char* what) {
   MTP_CHECK(t.defined(), "cuda {}: {} is not defined", op, what);
   MTP_CHECK(t.device == Device::CUDA, "cuda {}: {} is not a CUDA tensor", op, what);
 }
+// sample_rows.cu
+void sample_rows(Ctx&, Tensor out_pd, Tensor out_tok, const Tensor& logits, const SampleRowsArgs& a);
 
 namespace {
 
@@ -417,6 +419,10 @@ class CudaBackend final : public Backend {
   void argmax_ids(Tensor out, const Tensor& scores, const Tensor& ids) override {
     OpScope op_scope_(*this, "argmax_ids");
     cuda::argmax_ids(*this, ctx_, out, scores, ids);
+  }
+  void sample_rows(Tensor out_pd, Tensor out_tok, const Tensor& logits, const SampleRowsArgs& a) override {
+    OpScope op_scope_(*this, "sample_rows");
+    cuda::sample_rows(ctx_, out_pd, out_tok, logits, a);
   }
   void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                            const Tensor& centroid_scores, const Tensor& token_ordering, const Tensor& embed,
