@@ -406,11 +406,16 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   // table's width): the committed keys of a row span at most the table's slots, or the window. Chunks of
   // 32 keys (8 per warp) and up, doubled while the grid exceeds 4 CTAs per SM: a decode row at batch 1 is
   // spread over the whole GPU instead of a few CTAs looping over keys one dependent load after another.
+  // Blocks of several rows (verify) stop at 512 keys per CTA: a batch of them at long context keeps enough
+  // CTAs (E2B, batch 8 x 5 rows, ctx 8k: 12.3 -> 10.0 ms per verify step); one-row batches do not, their
+  // extra splits cost more in merging (decode at batch 32-64, ctx 8k: +3-6%).
   const int64_t max_slots = std::max<int64_t>(1, pt.pages.dim(1) * pt.page_size);
   const int64_t span = window > 0 ? std::min<int64_t>(max_slots, window) : max_slots;
   const int64_t ctas = T * kvh * hblocks;
   int64_t chunk = 32;
-  while (chunk < span && ctas * ((span + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
+  const int64_t max_chunk = m.max_q > 1 ? 512 : span;
+  while (chunk < span && chunk < max_chunk &&
+         ctas * ((span + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
     chunk *= 2;
   const int nsplit = int((span + chunk - 1) / chunk);
   MTP_CHECK(T < (1LL << 31) && nsplit <= 12288 && kvh * hblocks < 65536, "cuda attention: grid too large");
