@@ -15,13 +15,12 @@
 // the running mass within 1e-5 of top_p, a min-p floor within 1e-5 of a boundary probability, or a top-k cut
 // between two equal probabilities of different logits (the CPU orders them by index, the GPU by logit).
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <map>
-#include <mutex>
 
 #include "cuda_test_util.h"
 #include "engine/engine.h"
+#include "engine_run.h"
 
 namespace mtpserve {
 namespace {
@@ -336,10 +335,8 @@ std::string src(const std::string& rel) {
   return std::string(root ? root : ".") + "/" + rel;
 }
 
-struct Got {
-  std::vector<int32_t> tokens;
-  int accepted = 0;
-};
+using test::Got;
+using test::sampled_request;
 
 std::vector<Got> run_engine(int topk, const std::vector<GenerationRequest>& reqs) {
   EngineOptions o;
@@ -351,32 +348,7 @@ std::vector<Got> run_engine(int topk, const std::vector<GenerationRequest>& reqs
   o.max_running = 64;
   o.max_waiting = 4096;
   auto e = Engine::create(o);
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<Got> out(reqs.size());
-  size_t done = 0;
-  for (size_t i = 0; i < reqs.size(); i++)
-    EXPECT_TRUE(e->submit(reqs[i], [&, i](const RequestOutput& ro) {
-      std::lock_guard<std::mutex> lk(mu);
-      out[i].tokens.insert(out[i].tokens.end(), ro.tokens.begin(), ro.tokens.end());
-      out[i].accepted = ro.accepted_tokens;
-      if (ro.finish != FinishReason::None) done++, cv.notify_all();
-    }));
-  std::unique_lock<std::mutex> lk(mu);
-  EXPECT_TRUE(cv.wait_for(lk, std::chrono::seconds(120), [&] { return done == reqs.size(); }));
-  return out;
-}
-
-GenerationRequest req(int i, const SamplingParams& sp, int max_tokens, bool spec) {
-  GenerationRequest r;
-  r.id = std::to_string(i);
-  r.prompt = {2, 651, 12, 9, 300};
-  r.sampling = sp;
-  r.sampling.seed = uint64_t(i);
-  r.sampling.max_tokens = max_tokens;
-  r.sampling.ignore_eos = true;
-  r.spec.enabled = spec;
-  return r;
+  return test::run_requests(*e, reqs, std::chrono::seconds(120));
 }
 
 TEST(CudaEngineSampling, FixedSeedsAndGreedyRows) {
@@ -384,7 +356,7 @@ TEST(CudaEngineSampling, FixedSeedsAndGreedyRows) {
     SamplingParams sp;
     sp.temperature = 0.9f, sp.top_p = 0.95f, sp.top_k = 50, sp.presence_penalty = 0.3f;
     std::vector<GenerationRequest> reqs;
-    for (int i = 0; i < 8; i++) reqs.push_back(req(i, sp, 32, true));
+    for (int i = 0; i < 8; i++) reqs.push_back(sampled_request(i, sp, 32, true));
     auto a = run_engine(topk, reqs), b = run_engine(topk, reqs);
     int accepted = 0;
     for (size_t i = 0; i < reqs.size(); i++) {
@@ -398,7 +370,8 @@ TEST(CudaEngineSampling, FixedSeedsAndGreedyRows) {
     g.temperature = 0;
     SamplingParams gl = g;
     gl.want_logprobs = true;
-    auto x = run_engine(topk, {req(0, g, 48, true)}), y = run_engine(topk, {req(0, gl, 48, true)});
+    auto x = run_engine(topk, {sampled_request(0, g, 48, true)}),
+         y = run_engine(topk, {sampled_request(0, gl, 48, true)});
     EXPECT_EQ(x[0].tokens, y[0].tokens) << "topk " << topk;
   }
 }
@@ -417,7 +390,8 @@ TEST(CudaEngineSampling, SpeculationKeepsTheDistribution) {
   for (int topk : {1, 2}) {
     std::vector<GenerationRequest> with, without;
     for (int i = 0; i < N; i++)
-      with.push_back(req(i, sp, 4, true)), without.push_back(req(N + i, sp, 4, false));
+      with.push_back(sampled_request(i, sp, 4, true)),
+          without.push_back(sampled_request(N + i, sp, 4, false));
     auto a = run_engine(topk, with), b = run_engine(topk, without);
     std::map<std::vector<int32_t>, std::pair<int, int>> n;
     int accepted = 0;

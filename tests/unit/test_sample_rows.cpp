@@ -5,15 +5,13 @@
 // detect a penalty change), and log-prob rows follow the accepted path.
 #include <gtest/gtest.h>
 
-#include <condition_variable>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <random>
-#include <thread>
 
 #include "engine/accept.h"
 #include "engine/engine.h"
+#include "engine_run.h"
 #include "test_util.h"
 
 namespace mtpserve {
@@ -161,42 +159,10 @@ EngineOptions tiny(int K, int topk) {
   return o;
 }
 
-struct Got {
-  std::vector<int32_t> tokens;
-  std::vector<TokenLogprob> logprobs;
-  int accepted = 0;
-  FinishReason finish = FinishReason::None;
-};
-
+using test::Got;
+using test::sampled_request;
 std::vector<Got> run(Engine& e, const std::vector<GenerationRequest>& reqs) {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<Got> out(reqs.size());
-  size_t done = 0;
-  for (size_t i = 0; i < reqs.size(); i++)
-    while (!e.submit(reqs[i], [&, i](const RequestOutput& o) {
-      std::lock_guard<std::mutex> lk(mu);
-      out[i].tokens.insert(out[i].tokens.end(), o.tokens.begin(), o.tokens.end());
-      out[i].logprobs.insert(out[i].logprobs.end(), o.logprobs.begin(), o.logprobs.end());
-      out[i].accepted = o.accepted_tokens;
-      if (o.finish != FinishReason::None) out[i].finish = o.finish, done++, cv.notify_all();
-    }))
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the waiting queue is full
-  std::unique_lock<std::mutex> lk(mu);
-  EXPECT_TRUE(cv.wait_for(lk, std::chrono::seconds(600), [&] { return done == reqs.size(); }));
-  return out;
-}
-
-GenerationRequest sampled_req(int i, const SamplingParams& sp, int max_tokens, bool spec) {
-  GenerationRequest r;
-  r.id = std::to_string(i);
-  r.prompt = {2, 651, 12, 9, 300};
-  r.sampling = sp;
-  r.sampling.seed = uint64_t(i);
-  r.sampling.max_tokens = max_tokens;
-  r.sampling.ignore_eos = true;
-  r.spec.enabled = spec;
-  return r;
+  return test::run_requests(e, reqs);
 }
 
 TEST(EngineSampling, FixedSeedGivesFixedOutput) {
@@ -204,7 +170,7 @@ TEST(EngineSampling, FixedSeedGivesFixedOutput) {
   sp.temperature = 0.9f, sp.top_p = 0.95f, sp.presence_penalty = 0.3f;
   for (int topk : {1, 2}) {
     std::vector<GenerationRequest> reqs;
-    for (int i = 0; i < 6; i++) reqs.push_back(sampled_req(i, sp, 24, true));
+    for (int i = 0; i < 6; i++) reqs.push_back(sampled_request(i, sp, 24, true));
     auto e1 = Engine::create(tiny(3, topk));
     auto a = run(*e1, reqs);
     auto e2 = Engine::create(tiny(3, topk));
@@ -255,7 +221,7 @@ TEST(EngineSampling, SpeculationKeepsTheDistribution) {
   auto e = Engine::create(tiny(2, 1));
   auto sample = [&](const SamplingParams& s, bool spec, int seed0) {
     std::vector<GenerationRequest> reqs;
-    for (int i = 0; i < N; i++) reqs.push_back(sampled_req(seed0 + i, s, 3, spec));
+    for (int i = 0; i < N; i++) reqs.push_back(sampled_request(seed0 + i, s, 3, spec));
     return run(*e, reqs);
   };
   auto with = sample(sp, true, 0), without = sample(sp, false, 100000);
@@ -283,7 +249,8 @@ TEST(EngineSampling, LogprobRowsFollowTheAcceptedPath) {
   sp.temperature = 0, sp.want_logprobs = true, sp.top_logprobs = 2;
   for (int topk : {1, 2}) {
     auto e = Engine::create(tiny(3, topk));
-    std::vector<GenerationRequest> reqs = {sampled_req(0, sp, 20, true), sampled_req(1, sp, 20, false)};
+    std::vector<GenerationRequest> reqs = {sampled_request(0, sp, 20, true),
+                                           sampled_request(1, sp, 20, false)};
     auto got = run(*e, reqs);
     EXPECT_GT(got[0].accepted, 0);
     ASSERT_EQ(got[0].tokens, got[1].tokens) << "topk " << topk;
