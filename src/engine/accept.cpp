@@ -85,12 +85,15 @@ RowDraws draw_rows(Backend& be, const Tensor& logits, const std::vector<BlockRow
                o_ids = o_off + (size_t(R) + 1) * 4, o_val = o_ids + size_t(P) * 4,
                bytes = o_val + size_t(P) * 4;
   std::vector<char> host(bytes);
-  std::memcpy(host.data(), uni.data(), o_par);
-  std::memcpy(host.data() + o_par, params.data(), o_dr - o_par);
-  std::memcpy(host.data() + o_dr, drafts.data(), o_off - o_dr);
-  std::memcpy(host.data() + o_off, off.data(), o_ids - o_off);
-  std::memcpy(host.data() + o_ids, ids.data(), o_val - o_ids);
-  std::memcpy(host.data() + o_val, vals.data(), bytes - o_val);
+  auto put = [&](size_t at, const void* src, size_t n) {  // empty vectors may have no storage at all
+    if (n) std::memcpy(host.data() + at, src, n);
+  };
+  put(0, uni.data(), o_par);
+  put(o_par, params.data(), o_dr - o_par);
+  put(o_dr, drafts.data(), o_off - o_dr);
+  put(o_off, off.data(), o_ids - o_off);
+  put(o_ids, ids.data(), o_val - o_ids);
+  put(o_val, vals.data(), bytes - o_val);
   Tensor buf = be.alloc(DType::U8, {int64_t(bytes)});
   be.copy_from_host(buf, host.data());
   SampleRowsArgs a;
