@@ -6,7 +6,7 @@
 // Usage: bench_cuda_linear [iters=30] [filter] [sweep]
 //   filter: only shapes whose name contains it ("E4B", "q_proj"; "" or "all" = every shape)
 //   sweep: time every GEMV variant (linear.cu kVariants) at M = 1, 2, 3, 4, 8 instead of GEMV vs cuBLAS
-//          (PDL as MTP_GEMV_PDL says: on unless 0)
+//          (PDL as MTP_PDL says: on unless 0)
 #ifdef MTPSERVE_HAVE_CUDA
 #include <cuda_runtime.h>
 
