@@ -66,8 +66,9 @@ struct Ctx {
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
 };
 
-// Programmatic dependent launch (PDL, sm_90+). Every kernel of the backend is launched by launch() with
-// programmatic stream serialization and begins with pdl_begin(): it lets the next kernel of the stream
+// Programmatic dependent launch (PDL, sm_90+). The kernels of the model's steps are launched by launch() with
+// programmatic stream serialization and begin with pdl_begin() (a kernel launched plainly, like
+// sample_rows.cu's, waits for its predecessor as usual): pdl_begin lets the next kernel of the stream
 // launch at once (its blocks then wait on the GPU instead of behind a launch) and waits for the previous
 // kernel's results before reading anything. GEMVs issue their first weight loads between the two (linear.cu).
 // Every thread of every PDL-launched kernel calls pdl_wait() before it reads inputs or exits, so a kernel
