@@ -376,10 +376,7 @@ TEST(CudaEngineSampling, FixedSeedsAndGreedyRows) {
   }
 }
 
-double chi2_crit(int df) {  // chi-square(df) at 1 - 0.001 (Wilson-Hilferty)
-  const double z = 3.090232, k = 2.0 / (9.0 * df);
-  return df * std::pow(1 - k + z * std::sqrt(k), 3);
-}
+using test::chi2_crit;
 
 // Speculative and plain sampling give the same joint distribution of the first three tokens (a two-sample
 // chi-square; a negative presence penalty makes repeats, and so the rows' penalty counts, matter).
@@ -393,22 +390,9 @@ TEST(CudaEngineSampling, SpeculationKeepsTheDistribution) {
       with.push_back(sampled_request(i, sp, 4, true)),
           without.push_back(sampled_request(N + i, sp, 4, false));
     auto a = run_engine(topk, with), b = run_engine(topk, without);
-    std::map<std::vector<int32_t>, std::pair<int, int>> n;
-    int accepted = 0;
-    for (auto& g : a)
-      n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].first++, accepted += g.accepted;
-    for (auto& g : b) n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].second++;
-    std::vector<std::pair<int, int>> cat;
-    std::pair<int, int> rest{0, 0};
-    for (auto& [k, c] : n)
-      if (c.first + c.second >= 10)
-        cat.push_back(c);
-      else
-        rest.first += c.first, rest.second += c.second;
-    if (rest.first + rest.second > 0) cat.push_back(rest);
-    double chi = 0;
-    for (auto [x, y] : cat) chi += double(x - y) * (x - y) / (x + y);
-    const int df = int(cat.size()) - 1;
+    int accepted = 0, df = 0;
+    for (auto& g : a) accepted += g.accepted;
+    const double chi = test::two_sample_chi2(a, b, &df);
     std::printf(
         "GPU engine topk %d: speculative vs plain chi2 %.1f (df %d, critical %.1f), %d drafts accepted\n",
         topk, chi, df, chi2_crit(df), accepted);

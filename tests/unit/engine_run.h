@@ -1,10 +1,13 @@
 // Engine test helpers shared by the CPU and CUDA engine tests: submit requests (waiting while the queue is
-// full), collect each one's tokens, log-probs and counters until all finish; a seeded sampled request.
+// full), collect each one's tokens, log-probs and counters until all finish; a seeded sampled request; the
+// two-sample chi-square that compares speculative with plain sampling.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -52,6 +55,32 @@ inline GenerationRequest sampled_request(int i, const SamplingParams& sp, int ma
   r.sampling.ignore_eos = true;
   r.spec.enabled = spec;
   return r;
+}
+
+// Quantile of chi-square(df) at 1 - 0.001 (Wilson-Hilferty).
+inline double chi2_crit(int df) {
+  const double z = 3.090232, k = 2.0 / (9.0 * df);
+  return df * std::pow(1 - k + z * std::sqrt(k), 3);
+}
+
+// Two-sample chi-square of the joint distribution of the first three tokens of equally many outputs a and b
+// (categories seen fewer than 10 times in both samples together pooled into one); *df its degrees of freedom.
+inline double two_sample_chi2(const std::vector<Got>& a, const std::vector<Got>& b, int* df) {
+  std::map<std::vector<int32_t>, std::pair<int, int>> n;
+  for (auto& g : a) n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].first++;
+  for (auto& g : b) n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].second++;
+  std::vector<std::pair<int, int>> cat;
+  std::pair<int, int> rest{0, 0};
+  for (auto& [k, c] : n)
+    if (c.first + c.second >= 10)
+      cat.push_back(c);
+    else
+      rest.first += c.first, rest.second += c.second;
+  if (rest.first + rest.second > 0) cat.push_back(rest);
+  double chi = 0;
+  for (auto [x, y] : cat) chi += double(x - y) * (x - y) / (x + y);  // equal sample sizes
+  *df = int(cat.size()) - 1;
+  return chi;
 }
 
 }  // namespace mtpserve::test

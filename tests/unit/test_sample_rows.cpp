@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <map>
 #include <random>
 
 #include "engine/accept.h"
@@ -186,31 +185,8 @@ TEST(EngineSampling, FixedSeedGivesFixedOutput) {
   }
 }
 
-// Quantile of chi-square(df) at 1 - 0.001 (Wilson-Hilferty).
-double chi2_crit(int df) {
-  const double z = 3.090232, k = 2.0 / (9.0 * df);
-  return df * std::pow(1 - k + z * std::sqrt(k), 3);
-}
-
-// Two-sample chi-square of the joint distribution of the first three tokens (categories seen fewer than 10
-// times in both samples together pooled into one).
-double two_sample_chi2(const std::vector<Got>& a, const std::vector<Got>& b, int* df) {
-  std::map<std::vector<int32_t>, std::pair<int, int>> n;
-  for (auto& g : a) n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].first++;
-  for (auto& g : b) n[std::vector<int32_t>(g.tokens.begin(), g.tokens.begin() + 3)].second++;
-  std::vector<std::pair<int, int>> cat;
-  std::pair<int, int> rest{0, 0};
-  for (auto& [k, c] : n)
-    if (c.first + c.second >= 10)
-      cat.push_back(c);
-    else
-      rest.first += c.first, rest.second += c.second;
-  if (rest.first + rest.second > 0) cat.push_back(rest);
-  double chi = 0;
-  for (auto [x, y] : cat) chi += double(x - y) * (x - y) / (x + y);  // equal sample sizes
-  *df = int(cat.size()) - 1;
-  return chi;
-}
+using test::chi2_crit;
+using test::two_sample_chi2;
 
 // A negative presence penalty (a boost: repeats become common) makes the penalty counts matter, those of the
 // rows below accepted drafts included.
