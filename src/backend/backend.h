@@ -168,10 +168,10 @@ class Backend {
   virtual bool native_graphs() const { return false; }
 
   // --- MTP assistant ---
-  // Centroid head (use_ordered_embeddings): given centroid scores [B, C] (= y @ centroids^T), take the
-  // top_k clusters of each row (largest first, lower index on ties); their members are the canonical ids
-  // token_ordering[c * (V/C) + j] (token_ordering [V] I64). cand_ids [B, top_k * V/C] I32 receives them in
-  // cluster-rank order and cand_scores [B, top_k * V/C] F32 their logits y . embed[id] (embed [V, Ha]).
+  // Centroid head (use_ordered_embeddings): given centroid scores [B, C] F32 or BF16 (= y @ centroids^T),
+  // take the top_k clusters of each row (largest first, lower index on ties); their members are the canonical
+  // ids token_ordering[c * (V/C) + j] (token_ordering [V] I64). cand_ids [B, top_k * V/C] I32 receives them
+  // in cluster-rank order and cand_scores [B, top_k * V/C] F32 their logits y . embed[id] (embed [V, Ha]).
   // Never builds a [B, V] row. Non-pure so that a backend can add it after the core ops.
   virtual void centroid_candidates(Tensor cand_ids, Tensor cand_scores, const Tensor& y,
                                    const Tensor& centroid_scores, const Tensor& token_ordering,

@@ -165,16 +165,11 @@ DraftStepOutput Gemma4Assistant::step_device(const DeviceMeta& meta, const Tenso
   be.linear(out.hidden, out.y, w_.post_projection);
   if (cfg_.use_ordered_embeddings) {
     const int64_t C = cfg_.num_centroids, N = int64_t(cfg_.centroid_intermediate_top_k) * (V / C);
-    Tensor cs = be.alloc(act, {B, C});
+    Tensor cs = be.alloc(act, {B, C});  // centroid scores, ranked in the activation dtype
     be.linear(cs, out.y, w_.centroids);
-    Tensor cs32 = cs;
-    if (act != DType::F32) {
-      cs32 = be.alloc(DType::F32, {B, C});
-      be.to_f32(cs32, cs);
-    }
     out.cand_ids = be.alloc(DType::I32, {B, N});
     out.cand_scores = be.alloc(DType::F32, {B, N});
-    be.centroid_candidates(out.cand_ids, out.cand_scores, out.y, cs32, w_.token_ordering, w_.embed_tokens,
+    be.centroid_candidates(out.cand_ids, out.cand_scores, out.y, cs, w_.token_ordering, w_.embed_tokens,
                            cfg_.centroid_intermediate_top_k);
   } else {
     Tensor logits = be.alloc(act, {B, V});

@@ -459,10 +459,14 @@ class CpuBackend final : public Backend {
     MTP_ASSERT(V % C == 0 && top_k > 0 && top_k <= C && cand_ids.numel() == B * top_k * per &&
                cand_scores.numel() == B * top_k * per && ordering.numel() == V &&
                ordering.dtype == DType::I64);
+    MTP_CHECK(cscores.dtype == DType::F32 || cscores.dtype == DType::BF16,
+              "cpu centroid_candidates: centroid_scores must be F32 or BF16, got {}",
+              dtype_name(cscores.dtype));
     std::vector<int> idx(C);
-    std::vector<float> row(Ha);
+    std::vector<float> row(Ha), cs(C);
     for (int64_t b = 0; b < B; b++) {
-      const float* c = cscores.ptr<const float>() + b * C;
+      load_rows(cs.data(), cscores, b, 1);
+      const float* c = cs.data();
       std::iota(idx.begin(), idx.end(), 0);
       std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
                         [&](int a, int z) { return c[a] > c[z] || (c[a] == c[z] && a < z); });
