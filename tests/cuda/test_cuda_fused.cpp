@@ -114,9 +114,11 @@ TEST(CudaFused, QkvNormRopeKvFreedPageIsAnError) {
   EXPECT_THROW(gpu().synchronize(), Error);
 }
 
-// gelu_linear: both operand forms ([M, 2I] gate | up, or gate and up apart), M = 1..5 (5: the unfused
-// fallback), against gelu_mul(_fused) + linear with the same GEMV variant forced (bit for bit) and the CPU.
+// gelu_linear with the fused GEMV forced on (it is off by default: MTP_GELU_MAX_M): both operand forms
+// ([M, 2I] gate | up, or gate and up apart), M = 1..5 (5: the unfused fallback), against gelu_mul(_fused) +
+// linear with the same GEMV variant forced (bit for bit) and the CPU.
 TEST(CudaFused, GeluLinearEqualsGeluMulThenLinear) {
+  cuda::gelu_fuse_override(4);
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{2560, 10240}, {2560, 256}, {96, 40}, {37, 2056}};
   for (auto [N, I] : shapes)
     for (int64_t M : {1, 2, 4, 5})
@@ -153,6 +155,7 @@ TEST(CudaFused, GeluLinearEqualsGeluMulThenLinear) {
         }
         cuda::gemv_override(-1, -1);
       }
+  cuda::gelu_fuse_override(-1);
 }
 
 // Programmatic dependent launch on every kernel: a race (a kernel reading its predecessor's output before the

@@ -189,6 +189,7 @@ class CudaBackend final : public Backend {
     CUDA_OK(cudaMemset(ctx_.err, 0, sizeof(DevErr)), "init");
     CUDA_OK(cudaMallocHost(&err_host_, sizeof(DevErr)), "init");
     if (const char* s = std::getenv("MTP_GEMV_MAX_M")) ctx_.gemv_max_m = std::atoi(s);
+    if (const char* s = std::getenv("MTP_GELU_MAX_M")) ctx_.gelu_max_m = std::atoi(s);
     if (const char* s = std::getenv("MTP_OP_PROFILE")) profile_ = std::atoi(s) != 0;
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }

@@ -63,6 +63,11 @@ struct Ctx {
   DevErr* err = nullptr;  // device
   int num_sms = 132;
   int gemv_max_m = 1;   // MTP_GEMV_MAX_M overrides
+  // gelu_linear computes gelu(gate) * up inside the GEMV for up to this many rows (MTP_GELU_MAX_M, at most
+  // 4). Off by default: every CTA recomputes the activation of all of x, which at 4 rows made the E4B down
+  // projection compute-bound (verify 6.38 -> 5.30 ms unfused); at 1 row unfused is equal (E4B) or faster
+  // (E2B 3.24 -> 3.14 ms, 31B -2.6%) since the row kernels got fast.
+  int gelu_max_m = 0;
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
 };
 
@@ -185,8 +190,8 @@ void fill_random(Ctx&, Tensor t, uint64_t seed, float mean, float std, bool norm
 void linear(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
 void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M,
                const __nv_bfloat16* w, int64_t N, int64_t K);
-// The GEMV of linear() on gelu(gate) * up computed as it loads x; false when the shape is not a GEMV one
-// (the caller then runs the unfused ops).
+// The GEMV of linear() on gelu(gate) * up computed as it loads x; false when not fused (the default:
+// Ctx::gelu_max_m) or the shape is not a GEMV one (the caller then runs the unfused ops).
 bool gelu_linear(Ctx&, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);

@@ -262,6 +262,10 @@ int gemv_override(int variant, int pdl) {
   return kNumVariants;
 }
 
+// For the tests: gelu_linear's fused row limit (Ctx::gelu_max_m) forced to max_m (-1: the context's).
+static int g_gelu_max_m = -1;
+void gelu_fuse_override(int max_m) { g_gelu_max_m = max_m; }
+
 bool pdl_enabled() {
   if (g_pdl < 0) {
     const char* s = std::getenv("MTP_PDL");
@@ -282,8 +286,9 @@ bool gelu_linear(Ctx& c, Tensor out, const Tensor& gate, const Tensor& up, const
       "cuda gelu_linear: gate {} / up {} / w {} / out {} shapes do not agree", gate.shape_str(),
       up.defined() ? up.shape_str() : "-", w.shape_str(), out.shape_str());
   const bf16* u = up.defined() ? cbf(up) : cbf(gate) + K;
-  // The GEMV's M range (linear's rule for M <= 4, any matrix); larger M: the caller's unfused ops (cuBLAS).
-  if (M == 0 || M > 4 || c.linear_path == 2 || !gemv_ok(gate.data, w.data, K) || !gemv_ok(u, w.data, K))
+  // Fused for up to max_m rows (none by default, see Ctx::gelu_max_m); else the caller's gelu_mul + linear.
+  const int max_m = std::min(4, g_gelu_max_m >= 0 ? g_gelu_max_m : c.gelu_max_m);
+  if (M == 0 || M > max_m || c.linear_path == 2 || !gemv_ok(gate.data, w.data, K) || !gemv_ok(u, w.data, K))
     return false;
   gemv_dispatch<true>(c, GemvArgs{mbf(out), N, cbf(gate), u, ldx, M, cbf(w), N, K});
   return true;
