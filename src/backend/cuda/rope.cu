@@ -30,10 +30,11 @@ __device__ __forceinline__ void rotate(bf16* v, int64_t j, int64_t half, float a
 
 __global__ void rope_kernel(bf16* x, const int32_t* positions, const float* inv_freq, int64_t heads,
                             int64_t D) {
-  pdl_begin();
+  pdl_trigger();
   extern __shared__ float cs[];  // [half] cos, [half] sin
   const int64_t t = blockIdx.x, half = D / 2;
-  rope_cos_sin(cs, float(positions[t]), inv_freq, half);
+  rope_cos_sin(cs, float(positions[t]), inv_freq, half);  // step metadata: before the wait (see below)
+  pdl_wait();
   __syncthreads();
   bf16* xt = x + t * heads * D;
   for (int64_t i = threadIdx.x; i < heads * half; i += blockDim.x) {
@@ -125,10 +126,11 @@ __device__ __forceinline__ void norm_rope_any(bf16* dst, const bf16* src, const 
 __global__ void __launch_bounds__(512)
     qkv_norm_rope_kernel(bf16* q, bf16* k, bf16* v, const bf16* qw, const bf16* kw, const int32_t* positions,
                          const float* inv_freq, int64_t nh, int64_t kvh, int64_t D, float eps) {
-  pdl_begin();
+  pdl_trigger();
   extern __shared__ float cs[];  // [half] cos, [half] sin
   const int64_t t = blockIdx.x;
-  rope_cos_sin(cs, float(positions[t]), inv_freq, D / 2);
+  rope_cos_sin(cs, float(positions[t]), inv_freq, D / 2);  // step metadata: before the wait (see below)
+  pdl_wait();
   __syncthreads();
   const int lane = threadIdx.x % 32;
   const int64_t heads = nh + (k ? 2 * kvh : 0);
@@ -160,15 +162,19 @@ __global__ void __launch_bounds__(512)
     qkv_norm_rope_kv_kernel(bf16* q, const bf16* qkv, const bf16* qw, const bf16* kw,
                             const int32_t* positions, const float* inv_freq, int64_t nh, int64_t kvh,
                             int64_t heads, int64_t D, float eps, KvDst kv, DevErr* err) {
-  pdl_begin();
+  pdl_trigger();
   extern __shared__ float cs[];  // [half] cos, [half] sin
   const int t = blockIdx.x;
+  // Positions, the page table and inv_freq are the step's metadata and constants (uploaded before the step;
+  // no kernel writes them), so their dependent loads and the cos/sin run before the wait, under the
+  // previous kernel (the q|k|v GEMV); only qkv comes from it.
   rope_cos_sin(cs, float(positions[t]), inv_freq, D / 2);
   const int s = find_seq(kv.cu_q, kv.S, t);
   const int slot = kv.prefix[s] + (t - kv.cu_q[s]);
   const int page = kv.pages[int64_t(s) * kv.page_stride + slot / kv.page_size];
   const int64_t phys = int64_t(page) * kv.page_size + slot % kv.page_size;
   const bool store = page >= 0 && phys < kv.num_slots;
+  pdl_wait();
   if (!store && threadIdx.x == 0) {
     if (page < 0)
       report_error(err, kErrFreedPage, slot, s, 0);
