@@ -468,9 +468,16 @@ void run_attention_case(const AttnCase& ac) {
   Tensor c_out = cpu().alloc(DType::F32, {T, nh, D});
   cpu().attention(c_out, cpu_f32(q, {T, nh, D}), ckc, cvc, cm, cpt, ac.window);
   Guarded o(DType::BF16, {T, nh, D});
-  gpu().attention(o.t, gpu_bf16(q, {T, nh, D}), gkc, gvc, gm, gpt, ac.window);
+  Tensor gq = gpu_bf16(q, {T, nh, D});
+  gpu().attention(o.t, gq, gkc, gvc, gm, gpt, ac.window);
   o.check("attention");
   EXPECT_NERR(host_f32(o.t), host_f32(c_out), kTol1, "attention");
+  // Replayed from a CUDA graph (PDL launches under stream capture): the same bits.
+  Guarded og(DType::BF16, {T, nh, D});
+  auto graph = gpu().capture([&] { gpu().attention(og.t, gq, gkc, gvc, gm, gpt, ac.window); });
+  graph->replay();
+  og.check("attention (graph)");
+  EXPECT_EQ(host_f32(og.t), host_f32(o.t)) << "graph replay differs from the eager launch";
 }
 
 TEST(CudaOps, Attention) {
@@ -489,6 +496,17 @@ TEST(CudaOps, Attention) {
       {{20, 47}, {6, 8}, 4, 1, 512, 16, true, true, "tree mask with window"},
       {{20, 300, 7}, {1, 4, 2}, 8, 1, 256, 0, false, false, "read-only queries (assistant)"},
       {{900, 45}, {3, 1}, 4, 2, 512, 64, false, false, "read-only queries with window"},
+      // KV splits (32 keys each over the page table's width) and splits that see no keys.
+      {{37}, {1}, 8, 2, 256, 0, true, false, "2 splits"},
+      {{70}, {1}, 8, 2, 256, 0, true, false, "3 splits"},
+      {{400}, {1}, 8, 2, 512, 0, true, false, "13 splits D=512 (E4B full layer)"},
+      {{400, 3}, {1, 1}, 8, 2, 512, 0, true, false, "13 splits, a row with 12 empty ones"},
+      {{700}, {1}, 8, 2, 256, 512, true, false, "16 splits, window 512, freed pages (E4B sliding)"},
+      {{529}, {1}, 8, 2, 512, 0, true, false, "17 splits"},
+      {{1100, 9}, {1, 1}, 8, 2, 256, 0, true, false, "35 splits, a row with 34 empty ones"},
+      {{260, 30}, {5, 3}, 8, 2, 256, 0, true, true, "tree mask, 9 splits"},
+      {{260, 30}, {5, 3}, 4, 1, 512, 40, true, true, "tree mask with window 40, 2 splits"},
+      {{150, 2}, {2, 1}, 8, 1, 256, 0, false, false, "read-only, 5 splits, a row with 4 empty ones"},
   };
   for (const auto& c : cases) run_attention_case(c);
 }
@@ -507,6 +525,30 @@ TEST(CudaOps, AttentionFreedPageIsAnError) {
   gpu().attention(o, gpu_bf16(randn_bf16(32), {1, 2, 16}), kc, vc, m, pt, 0);
   EXPECT_THROW(gpu().synchronize(), Error);
   gpu().synchronize();
+}
+
+TEST(CudaOps, AttentionNoVisibleKeyIsAnError) {
+  // A read-only row with no prefix sees no key: reported with 1, 2, 20 and 80 KV splits.
+  for (int pages : {1, 4, 40, 160}) {
+    SCOPED_TRACE(pages);
+    AttnMeta m;
+    m.num_seqs = 1;
+    m.max_q = 1;
+    m.cu_q = gpu_i32({0, 1}, {2});
+    m.prefix_len = gpu_i32({0}, {1});
+    m.positions = gpu_i32({0}, {1});
+    m.block_keys = false;
+    std::vector<int32_t> table(static_cast<size_t>(pages));
+    std::iota(table.begin(), table.end(), 0);
+    KvPageTable pt{gpu_i32(table, {1, pages}), 16};
+    const int64_t slots = int64_t(pages) * 16;
+    Tensor kc = gpu_bf16(randn_bf16(size_t(slots * 16)), {slots, 1, 16});
+    Tensor vc = gpu_bf16(randn_bf16(size_t(slots * 16)), {slots, 1, 16});
+    Tensor o = gpu().alloc(DType::BF16, {1, 2, 16});
+    gpu().attention(o, gpu_bf16(randn_bf16(32), {1, 2, 16}), kc, vc, m, pt, 0);
+    EXPECT_THROW(gpu().synchronize(), Error);
+    gpu().synchronize();
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ MoE

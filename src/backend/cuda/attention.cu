@@ -86,8 +86,9 @@ __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const 
 
 template <int NI, int GB>
 __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
-  pdl_begin();
-  constexpr int KB = 4;  // keys per warp batch
+  pdl_trigger();
+  constexpr int KB = 4;              // keys per warp batch
+  constexpr bool kEarlyV = NI <= 4;  // V loaded with K (see below)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x;
   const int kh = blockIdx.y / p.hblocks, hb = blockIdx.y % p.hblocks, split = blockIdx.z;
@@ -105,6 +106,38 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   const int np = max(0, b - a);
   const int nb = (split == 0 && p.block_keys) ? nq : 0;
   const int nkeys = np + nb;
+
+  // Keys of batch k0 of this warp: slot, page id, visibility. Every slot of a key kk < nkeys lies inside the
+  // table (the committed prefix or the block just written), so the page id is loaded with the visibility
+  // inputs instead of after them; a freed page (-1) is only an error when its key is visible.
+  auto lookup = [&](int k0, int(&slot)[KB], int(&page)[KB], bool(&v)[KB]) {
+#pragma unroll
+    for (int j = 0; j < KB; j++) {
+      const int kk = k0 + j;
+      v[j] = false;
+      slot[j] = 0;
+      page[j] = -1;
+      if (kk >= nkeys) continue;
+      if (kk < np) {
+        slot[j] = a + kk;
+        v[j] = true;
+      } else {
+        const int bj = kk - np;
+        slot[j] = prefix + bj;
+        const int kp = p.pos[row0 + bj];
+        const bool t = p.tree ? p.tree[int64_t(r) * p.max_q + bj] != 0 : bj <= i;
+        v[j] = t && kp <= qp && (p.window <= 0 || qp - kp < p.window);
+      }
+      page[j] = p.pages[int64_t(s) * p.page_stride + slot[j] / p.page_size];
+    }
+  };
+  // Everything so far read only the step's metadata (cu_q, positions, prefix_len, page table, tree mask:
+  // uploaded before the step, written by none of its kernels), so it ran under the previous kernel; q and
+  // the cache rows come from the kernels before this one.
+  int slot[KB], page[KB];
+  bool v[KB];
+  lookup(warp * KB, slot, page, v);
+  pdl_wait();
 
   float2 qv[GB][NI];
 #pragma unroll
@@ -133,35 +166,31 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
     bool vis[KB];
 #pragma unroll
     for (int j = 0; j < KB; j++) {
-      const int kk = k0 + j;
+      const int64_t phys = int64_t(page[j]) * p.page_size + slot[j] % p.page_size;
       vis[j] = false;
       off[j] = 0;
-      if (kk >= nkeys) continue;
-      int slot, kp;
-      bool v;
-      if (kk < np) {
-        slot = a + kk;
-        kp = slot;
-        v = true;
-      } else {
-        const int bj = kk - np;
-        slot = prefix + bj;
-        kp = p.pos[row0 + bj];
-        v = p.tree ? p.tree[int64_t(r) * p.max_q + bj] != 0 : bj <= i;
-        v = v && kp <= qp && (p.window <= 0 || qp - kp < p.window);
-      }
-      if (!v) continue;
-      const int page = p.pages[int64_t(s) * p.page_stride + slot / p.page_size];
-      const int64_t phys = int64_t(page) * p.page_size + slot % p.page_size;
-      if (page < 0 || phys >= p.num_slots) {
-        if (lane == 0 && kh == 0 && hb == 0) report_error(p.err, kErrFreedPage, slot, s, 0);
+      if (!v[j]) continue;
+      if (page[j] < 0 || phys >= p.num_slots) {
+        if (lane == 0 && kh == 0 && hb == 0) report_error(p.err, kErrFreedPage, slot[j], s, 0);
         continue;
       }
       vis[j] = true;
       off[j] = phys * row_stride + int64_t(kh) * D;
     }
-    // Scores for the batch (all K loads first).
-    __nv_bfloat162 kv[KB][NI];
+    // K and V of the batch in one round trip (V before the score reductions), then the next batch's page
+    // ids, whose loads overlap this batch's math (E4B sliding layer at 1k: 12.6 -> 11.5 us). D = 512 keeps V
+    // after the scores: early it takes 254 registers and measured no faster.
+    __nv_bfloat162 kv[KB][NI], vv[KB][NI];
+    auto load_v = [&] {
+#pragma unroll
+      for (int j = 0; j < KB; j++)
+#pragma unroll
+        for (int c = 0; c < NI; c++) {
+          const int d = 2 * lane + 64 * c;
+          vv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.vc + off[j] + d)
+                                       : __floats2bfloat162_rn(0.f, 0.f);
+        }
+    };
 #pragma unroll
     for (int j = 0; j < KB; j++)
 #pragma unroll
@@ -170,6 +199,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
         kv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.kc + off[j] + d)
                                      : __floats2bfloat162_rn(0.f, 0.f);
       }
+    if constexpr (kEarlyV) load_v();
+    lookup(k0 + 4 * KB, slot, page, v);
     float sc[KB][GB];
 #pragma unroll
     for (int j = 0; j < KB; j++)
@@ -186,15 +217,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
         for (int o = 16; o > 0; o >>= 1) dsum += __shfl_xor_sync(0xffffffffu, dsum, o);
         sc[j][g] = vis[j] ? dsum : -INFINITY;  // attention scale 1.0
       }
-    __nv_bfloat162 vv[KB][NI];
-#pragma unroll
-    for (int j = 0; j < KB; j++)
-#pragma unroll
-      for (int c = 0; c < NI; c++) {
-        const int d = 2 * lane + 64 * c;
-        vv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.vc + off[j] + d)
-                                     : __floats2bfloat162_rn(0.f, 0.f);
-      }
+    if constexpr (!kEarlyV) load_v();
 #pragma unroll
     for (int g = 0; g < GB; g++) {
       float mx = m[g];

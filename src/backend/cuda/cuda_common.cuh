@@ -75,7 +75,9 @@ struct Ctx {
 // programmatic stream serialization and begin with pdl_begin() (a kernel launched plainly, like
 // sample_rows.cu's, waits for its predecessor as usual): pdl_begin lets the next kernel of the stream
 // launch at once (its blocks then wait on the GPU instead of behind a launch) and waits for the previous
-// kernel's results before reading anything. GEMVs issue their first weight loads between the two (linear.cu).
+// kernel's results before reading anything. Only what no kernel of a step writes may be read between the two:
+// GEMVs issue their first weight loads there (linear.cu), RoPE its positions, page slots and cos/sin (rope.cu),
+// decode attention its sequence bounds and first key slots (attention.cu): the step's metadata and weights.
 // Every thread of every PDL-launched kernel calls pdl_wait() before it reads inputs or exits, so a kernel
 // never completes before its predecessor and the waits chain. MTP_PDL=0 launches without the attribute.
 __device__ __forceinline__ void pdl_trigger() {
