@@ -96,12 +96,13 @@ constexpr int kVecThreads = 256;
 template <int TPR, int WPT>
 __global__ void __launch_bounds__(kVecThreads)
     rms_norm_vec_kernel(bf16* out, const bf16* x, const bf16* w, int64_t R, int64_t D, float eps) {
-  pdl_begin();
+  pdl_trigger();
   const int64_t row = int64_t(blockIdx.x) * (kVecThreads / TPR) + threadIdx.x / TPR, W = D / 8;
-  if (row >= R) return;  // uniform per row (a warp or the block)
   RowWords<TPR, WPT> a, wt;
+  if (w && row < R) wt.load(w, W);  // a weight (no kernel of a step writes one): before the wait
+  pdl_wait();
+  if (row >= R) return;  // uniform per row (a warp or the block)
   a.load(x + row * D, W);
-  if (w) wt.load(w, W);
   a.scale(a.inv_rms(W, D, eps), w ? &wt : nullptr, false);  // rounded by store
   a.store(out + row * D, W);
 }
@@ -110,14 +111,17 @@ template <int TPR, int WPT>
 __global__ void __launch_bounds__(kVecThreads)
     rms_norm_add_vec_kernel(bf16* x, bf16* h, const bf16* o, const bf16* w, const bf16* hw,
                             const bf16* scale_bf, const float* scale_f, int64_t R, int64_t D, float eps) {
-  pdl_begin();
+  pdl_trigger();
   const int64_t row = int64_t(blockIdx.x) * (kVecThreads / TPR) + threadIdx.x / TPR, W = D / 8;
-  if (row >= R) return;  // uniform per row (a warp or the block)
   RowWords<TPR, WPT> ov, xv, wv, hwv;
+  if (row < R) {  // the norm weights (no kernel of a step writes one): before the wait
+    if (w) wv.load(w, W);
+    if (h && hw) hwv.load(hw, W);
+  }
+  pdl_wait();
+  if (row >= R) return;  // uniform per row (a warp or the block)
   ov.load(o + row * D, W);
   xv.load(x + row * D, W);
-  if (w) wv.load(w, W);
-  if (h && hw) hwv.load(hw, W);
   const bool scaled = scale_bf || scale_f;
   const float s = scale_bf ? bf(*scale_bf) : scale_f ? *scale_f : 1.0f;
   const float inv = ov.inv_rms(W, D, eps);
