@@ -214,11 +214,13 @@ TEST(CudaOps, TransposeGatherCopy) {
 TEST(CudaOps, Linear) {
   // Odd row counts and K / 8 not a multiple of the GEMV block's stride (257, 513, 1025 16-byte words: one
   // thread with an extra word, one or several steps) for the split-K GEMV; K % 8 != 0 falls back to cuBLAS.
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{96, 130},  {130, 96},  {512, 2560}, {1000, 264},
-                                                           {2304, 64}, {37, 2056}, {13, 4104},  {67, 8200}};
+  // With K % 32 == 0, 5..8 rows take the tensor-core GEMV in Auto (N = 37: a partial block of 16 rows).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{96, 130},   {130, 96},  {512, 2560},
+                                                           {1000, 264}, {2304, 64}, {37, 2056},
+                                                           {13, 4104},  {67, 8200}, {37, 2080}};
   const int variants = cuda::gemv_override(-1, -1);
   for (auto [N, K] : shapes)
-    for (int64_t M : {1, 2, 3, 8, 13, 17, 64, 130}) {
+    for (int64_t M : {1, 2, 3, 5, 7, 8, 13, 17, 64, 130}) {
       auto x = randn_bf16(size_t(M * K)), w = randn_bf16(size_t(N * K), float(1.0 / std::sqrt(double(K))));
       Tensor c = cpu().alloc(DType::F32, {M, N});
       cpu().linear(c, cpu_f32(x, {M, K}), cpu_bf16(w, {N, K}));

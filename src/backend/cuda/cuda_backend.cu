@@ -190,6 +190,7 @@ class CudaBackend final : public Backend {
     CUDA_OK(cudaMallocHost(&err_host_, sizeof(DevErr)), "init");
     if (const char* s = std::getenv("MTP_GEMV_MAX_M")) ctx_.gemv_max_m = std::atoi(s);
     if (const char* s = std::getenv("MTP_GELU_MAX_M")) ctx_.gelu_max_m = std::atoi(s);
+    if (const char* s = std::getenv("MTP_MMA_MIN_M")) ctx_.mma_min_m = std::atoi(s);
     if (const char* s = std::getenv("MTP_OP_PROFILE")) profile_ = std::atoi(s) != 0;
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }

@@ -68,6 +68,8 @@ struct Ctx {
   // projection compute-bound (verify 6.38 -> 5.30 ms unfused); at 1 row unfused is equal (E4B) or faster
   // (E2B 3.24 -> 3.14 ms, 31B -2.6%) since the row kernels got fast.
   int gelu_max_m = 0;
+  // linear() runs M rows in [mma_min_m, 8] on the tensor-core GEMV (gemv_mma.cu; MTP_MMA_MIN_M, 9: never).
+  int mma_min_m = 5;
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
 };
 
@@ -195,6 +197,11 @@ void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, in
 // The GEMV of linear() on gelu(gate) * up computed as it loads x; false when not fused (the default:
 // Ctx::gelu_max_m) or the shape is not a GEMV one (the caller then runs the unfused ops).
 bool gelu_linear(Ctx&, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
+// gemv_mma.cu: the GEMV of M <= 8 token rows (stride ldx) on tensor cores; needs K % 32 == 0 and 16-byte
+// aligned rows (gemv_mma_ok).
+bool gemv_mma_ok(int64_t M, int64_t K, const void* x, int64_t ldx, const void* w);
+void gemv_mma(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t ldx, int64_t M,
+              const __nv_bfloat16* w, int64_t N, int64_t K);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
 void qkv_norm_rope_kv(Ctx&, Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,

@@ -307,6 +307,10 @@ void linear(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
   // and 31B projections and vocab heads (or is within 5%: E4B gate/up and 31B q_proj at M = 4), up to M = 8
   // on small matrices (<= 4 MB: k/v projections, where cuBLAS under-fills the GPU); cuBLAS wins at M = 8 on
   // larger ones.
+  if (c.linear_path == 0 && M >= c.mma_min_m && gemv_mma_ok(M, K, x.data, K, w.data)) {
+    gemv_mma(c, mbf(out), N, cbf(x), K, M, cbf(w), N, K);
+    return;
+  }
   const bool small_matrix = N * K * 2 <= (int64_t(4) << 20);
   const bool use_gemv =
       c.linear_path == 1 || (c.linear_path == 0 && (M <= 4 || M <= c.gemv_max_m || (M <= 8 && small_matrix)));

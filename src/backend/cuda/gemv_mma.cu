@@ -1,0 +1,100 @@
+// The GEMV of a few token rows (verify blocks: K + 1 <= 8 rows) on tensor cores. On CUDA cores 5-8 rows cost
+// 5-8 FMAs per weight element plus conversions, which makes the E4B and 31B projections compute-bound;
+// mma.sync does them at no cost next to the weight stream.
+//
+// out[m, n] = sum_k x[m, k] w[n, k]: mma.sync m16n8k16 (bf16 in, fp32 accumulate) with 16 weight rows as A
+// and the (up to 8) token rows as B. A lane loads 16 contiguous bytes of its weight rows and of its token row
+// per 32-wide K chunk; the chunk's K order is permuted identically for A and B (a dot product does not
+// care), so the fragments come from plain 16-byte loads instead of scattered pairs. The NW warps of a block
+// split K (interleaved chunks) and reduce through shared memory in warp order (deterministic).
+#include "backend/cuda/gemv_core.cuh"
+
+namespace mtpserve::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 32-wide chunk: lane (g, t) holds elements 8t..8t+7 of the chunk for weight rows g, g + 8 (wa, wb) and
+// token row g (xv). Fragment element k = 2t, 2t+1 / 2t+8, 2t+9 of the first mma is chunk element 8t, 8t+1 /
+// 8t+2, 8t+3 (words .x / .y), of the second 8t+4.. / 8t+6.. (.z / .w): every chunk element once, in A and B
+// alike.
+__device__ __forceinline__ void mma_chunk(float (&c)[4], const uint4& wa, const uint4& wb, const uint4& xv) {
+  mma_16816(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+  mma_16816(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
+}
+
+template <int NW, int U>
+__global__ void __launch_bounds__(NW * 32)
+    gemv_mma_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t ldx, int M,
+                    const bf16* __restrict__ w, int64_t N, int64_t K) {
+  __shared__ float red[NW][32][4];
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t n0 = int64_t(blockIdx.x) * 16, C = K / 32;  // C chunks of 32 (4 words) per row
+  const uint4* wa = reinterpret_cast<const uint4*>(w + min(n0 + g, N - 1) * K) + t;
+  const uint4* wb = reinterpret_cast<const uint4*>(w + min(n0 + g + 8, N - 1) * K) + t;
+  uint4 av[U], bv[U];
+  auto load_w = [&](int64_t c0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t cc = c0 + int64_t(u) * NW;
+      av[u] = cc < C ? ld_stream(wa + cc * 4) : make_uint4(0, 0, 0, 0);
+      bv[u] = cc < C ? ld_stream(wb + cc * 4) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  int64_t c = warp;
+  load_w(c);  // weights only: before the wait, under the previous kernel
+  pdl_wait();
+  const uint4* xr = reinterpret_cast<const uint4*>(x + int64_t(min(g, M - 1)) * ldx) + t;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  while (c < C) {
+    uint4 xv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t cc = c + int64_t(u) * NW;
+      xv[u] = cc < C && g < M ? __ldg(xr + cc * 4) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (c + int64_t(u) * NW < C) mma_chunk(acc, av[u], bv[u], xv[u]);
+    c += int64_t(U) * NW;
+    if (c < C) load_w(c);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) red[warp][lane][i] = acc[i];
+  __syncthreads();
+  // Output (row r, token m) sits in lane (r % 8) * 4 + m / 2, register (r >= 8) * 2 + m % 2 of every warp.
+  for (int i = threadIdx.x; i < 128; i += NW * 32) {
+    const int r = i >> 3, m = i & 7;
+    const int l = (r & 7) * 4 + (m >> 1), q = (r >> 3) * 2 + (m & 1);
+    float s = 0.f;
+#pragma unroll
+    for (int v = 0; v < NW; v++) s += red[v][l][q];
+    if (m < M && n0 + r < N) out[int64_t(m) * ldo + n0 + r] = __float2bfloat16_rn(s);
+  }
+}
+
+}  // namespace
+
+bool gemv_mma_ok(int64_t M, int64_t K, const void* x, int64_t ldx, const void* w) {
+  return M >= 1 && M <= 8 && K % 32 == 0 && ldx % 8 == 0 &&
+         ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) % 16) == 0;
+}
+
+void gemv_mma(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t M, const bf16* w, int64_t N,
+              int64_t K) {
+  MTP_ASSERT(gemv_mma_ok(M, K, x, ldx, w) && N > 0 && N / 16 < (int64_t(1) << 31));
+  launch(c, "linear (gemv mma)", gemv_mma_kernel<8, 4>, dim3(unsigned((N + 15) / 16)), dim3(256), 0, out, ldo,
+         x, ldx, int(M), w, N, K);
+}
+
+}  // namespace mtpserve::cuda
