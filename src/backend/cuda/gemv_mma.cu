@@ -6,7 +6,8 @@
 // and the (up to 8) token rows as B. A lane loads 16 contiguous bytes of its weight rows and of its token row
 // per 32-wide K chunk; the chunk's K order is permuted identically for A and B (a dot product does not
 // care), so the fragments come from plain 16-byte loads instead of scattered pairs. The NW warps of a block
-// split K (interleaved chunks) and reduce through shared memory in warp order (deterministic).
+// split K (interleaved chunks, the next chunk's loads issued before this one's mma) and reduce through shared
+// memory in warp order (deterministic).
 #include "backend/cuda/gemv_core.cuh"
 
 namespace mtpserve::cuda {
@@ -32,6 +33,12 @@ __device__ __forceinline__ void mma_chunk(float (&c)[4], const uint4& wa, const 
   mma_16816(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
 }
 
+// Chunks c0, c0 + NW, ... (U of them) of one lane: its two weight rows and its token row.
+template <int U>
+struct Step {
+  uint4 a[U], b[U], x[U];
+};
+
 template <int NW, int U>
 __global__ void __launch_bounds__(NW * 32)
     gemv_mma_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t ldx, int M,
@@ -42,44 +49,57 @@ __global__ void __launch_bounds__(NW * 32)
   const int64_t n0 = int64_t(blockIdx.x) * 16, C = K / 32;  // C chunks of 32 (4 words) per row
   const uint4* wa = reinterpret_cast<const uint4*>(w + min(n0 + g, N - 1) * K) + t;
   const uint4* wb = reinterpret_cast<const uint4*>(w + min(n0 + g + 8, N - 1) * K) + t;
-  uint4 av[U], bv[U];
-  auto load_w = [&](int64_t c0) {
+  const uint4* xr = reinterpret_cast<const uint4*>(x + int64_t(min(g, M - 1)) * ldx) + t;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  auto load_w = [&](Step<U>& s, int64_t c0) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int64_t cc = c0 + int64_t(u) * NW;
-      av[u] = cc < C ? ld_stream(wa + cc * 4) : make_uint4(0, 0, 0, 0);
-      bv[u] = cc < C ? ld_stream(wb + cc * 4) : make_uint4(0, 0, 0, 0);
+      s.a[u] = cc < C ? ld_stream(wa + cc * 4) : zero;
+      s.b[u] = cc < C ? ld_stream(wb + cc * 4) : zero;
     }
   };
-  int64_t c = warp;
-  load_w(c);  // weights only: before the wait, under the previous kernel
-  pdl_wait();
-  const uint4* xr = reinterpret_cast<const uint4*>(x + int64_t(min(g, M - 1)) * ldx) + t;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  while (c < C) {
-    uint4 xv[U];
+  auto load_x = [&](Step<U>& s, int64_t c0) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int64_t cc = c + int64_t(u) * NW;
-      xv[u] = cc < C && g < M ? __ldg(xr + cc * 4) : make_uint4(0, 0, 0, 0);
+      const int64_t cc = c0 + int64_t(u) * NW;
+      s.x[u] = cc < C && g < M ? __ldg(xr + cc * 4) : zero;
     }
+  };
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  auto compute = [&](const Step<U>& s) {
 #pragma unroll
-    for (int u = 0; u < U; u++)
-      if (c + int64_t(u) * NW < C) mma_chunk(acc, av[u], bv[u], xv[u]);
-    c += int64_t(U) * NW;
-    if (c < C) load_w(c);
+    for (int u = 0; u < U; u++) mma_chunk(acc, s.a[u], s.b[u], s.x[u]);  // zero words past C add nothing
+  };
+  // Two steps in flight: the next step's loads go out before this step's mma (registers double-buffered).
+  constexpr int64_t kStep = int64_t(U) * NW;
+  Step<U> s0, s1;
+  int64_t c = warp;
+  load_w(s0, c);  // weights only: before the wait, under the previous kernel
+  pdl_wait();
+  load_x(s0, c);
+  while (c < C) {
+    load_w(s1, c + kStep);
+    load_x(s1, c + kStep);
+    compute(s0);
+    c += kStep;
+    if (c >= C) break;
+    load_w(s0, c + kStep);
+    load_x(s0, c + kStep);
+    compute(s1);
+    c += kStep;
   }
 #pragma unroll
-  for (int i = 0; i < 4; i++) red[warp][lane][i] = acc[i];
+  for (int j = 0; j < 4; j++) red[warp][lane][j] = acc[j];
   __syncthreads();
   // Output (row r, token m) sits in lane (r % 8) * 4 + m / 2, register (r >= 8) * 2 + m % 2 of every warp.
   for (int i = threadIdx.x; i < 128; i += NW * 32) {
     const int r = i >> 3, m = i & 7;
     const int l = (r & 7) * 4 + (m >> 1), q = (r >> 3) * 2 + (m & 1);
-    float s = 0.f;
+    float sum = 0.f;
 #pragma unroll
-    for (int v = 0; v < NW; v++) s += red[v][l][q];
-    if (m < M && n0 + r < N) out[int64_t(m) * ldo + n0 + r] = __float2bfloat16_rn(s);
+    for (int v = 0; v < NW; v++) sum += red[v][l][q];
+    if (m < M && n0 + r < N) out[int64_t(m) * ldo + n0 + r] = __float2bfloat16_rn(sum);
   }
 }
 
@@ -93,8 +113,12 @@ bool gemv_mma_ok(int64_t M, int64_t K, const void* x, int64_t ldx, const void* w
 void gemv_mma(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t M, const bf16* w, int64_t N,
               int64_t K) {
   MTP_ASSERT(gemv_mma_ok(M, K, x, ldx, w) && N > 0 && N / 16 < (int64_t(1) << 31));
-  launch(c, "linear (gemv mma)", gemv_mma_kernel<8, 4>, dim3(unsigned((N + 15) / 16)), dim3(256), 0, out, ldo,
-         x, ldx, int(M), w, N, K);
+  // 16 warps per 16-row block, one chunk per step: the most loads in flight of the shapes measured
+  // (bench_cuda_linear with MTP_MMA_MIN_M=1; 8 / 32 warps, 2-4 chunks per step and 32-row blocks were
+  // slower).
+  constexpr int kWarps = 16;
+  launch(c, "linear (gemv mma)", gemv_mma_kernel<kWarps, 1>, dim3(unsigned((N + 15) / 16)), dim3(32 * kWarps),
+         0, out, ldo, x, ldx, int(M), w, N, K);
 }
 
 }  // namespace mtpserve::cuda
