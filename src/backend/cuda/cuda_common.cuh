@@ -62,7 +62,7 @@ struct Ctx {
   size_t cublas_ws_bytes = 0;
   DevErr* err = nullptr;  // device
   int num_sms = 132;
-  int gemv_max_m = 1;   // MTP_GEMV_MAX_M overrides
+  int gemv_max_m = 1;  // MTP_GEMV_MAX_M overrides
   // gelu_linear computes gelu(gate) * up inside the GEMV for up to this many rows (MTP_GELU_MAX_M, at most
   // 4). Off by default: every CTA recomputes the activation of all of x, which at 4 rows made the E4B down
   // projection compute-bound (verify 6.38 -> 5.30 ms unfused); at 1 row unfused is equal (E4B) or faster
@@ -78,10 +78,11 @@ struct Ctx {
 // sample_rows.cu's, waits for its predecessor as usual): pdl_begin lets the next kernel of the stream
 // launch at once (its blocks then wait on the GPU instead of behind a launch) and waits for the previous
 // kernel's results before reading anything. Only what no kernel of a step writes may be read between the two:
-// GEMVs issue their first weight loads there (linear.cu), RoPE its positions, page slots and cos/sin (rope.cu),
-// decode attention its sequence bounds and first key slots (attention.cu): the step's metadata and weights.
-// Every thread of every PDL-launched kernel calls pdl_wait() before it reads inputs or exits, so a kernel
-// never completes before its predecessor and the waits chain. MTP_PDL=0 launches without the attribute.
+// GEMVs issue their first weight loads there (linear.cu), RoPE its positions, page slots and cos/sin
+// (rope.cu), decode attention its sequence bounds and first key slots (attention.cu): the step's metadata and
+// weights. Every thread of every PDL-launched kernel calls pdl_wait() before it reads inputs or exits, so a
+// kernel never completes before its predecessor and the waits chain. MTP_PDL=0 launches without the
+// attribute.
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
