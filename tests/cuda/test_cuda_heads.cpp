@@ -47,7 +47,9 @@ TEST(CudaHeads, CentroidCandidatesMatchCpu) {
         EXPECT_NEAR(gsc[i], csc[i], 1e-5 * (1 + std::abs(csc[i]))) << what << " i=" << i;
       for (int64_t b = 0; b < B; b++) {  // the tied pair: cluster 3 first, then 7
         EXPECT_EQ(gids[b * N], int32_t(order[3 * per])) << what;
-        if (k.top_k > 1) EXPECT_EQ(gids[b * N + per], int32_t(order[7 * per])) << what;
+        if (k.top_k > 1) {
+          EXPECT_EQ(gids[b * N + per], int32_t(order[7 * per])) << what;
+        }
       }
     }
 }
