@@ -20,15 +20,15 @@ std::unique_ptr<Graph> Backend::capture(const std::function<void()>& ops) {
   return std::make_unique<ClosureGraph>(ops);
 }
 
-void Backend::gelu_linear(Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w) {
-  const int64_t M = gate.dim(0), I = up.defined() ? gate.row_numel() : gate.row_numel() / 2;
-  MTP_ASSERT(M > 0 && I > 0 && (!up.defined() || up.numel() == gate.numel()));
-  Tensor a = alloc(act_dtype(), {M, I});  // [M, I]
+void Backend::linear_gelu(Tensor out, const Tensor& x, const Tensor& w, const Tensor& up) {
+  const int64_t K = w.dim(-1), rows = w.numel() / K, M = x.numel() / K;
+  MTP_ASSERT(M > 0 && rows > 0 && x.numel() == M * K && (up.defined() || rows % 2 == 0));
+  Tensor g = alloc(act_dtype(), {M, rows});  // [M, 2I] gate | up, or [M, I] gate
+  linear(g, x, w);
   if (up.defined())
-    gelu_mul(a, gate, up);
+    gelu_mul(out, g, up);
   else
-    gelu_mul_fused(a, gate);
-  linear(out, a, w);
+    gelu_mul_fused(out, g);
 }
 
 void Backend::qkv_norm_rope_kv(Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,

@@ -104,9 +104,10 @@ class Backend {
   // --- linear ---
   // out[M, N] = x[M, K] @ w[N, K]^T  (PyTorch Linear layout)
   virtual void linear(Tensor out, const Tensor& x, const Tensor& w) = 0;
-  // out[M, N] = (gelu_tanh(gate) * up)[M, I] @ w[N, I]^T, the product rounded as gelu_mul rounds it; up
-  // undefined: gate [M, 2I] holds gate | up (gelu_mul_fused). Default: gelu_mul(_fused), then linear.
-  virtual void gelu_linear(Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
+  // out[M, I] = gelu_tanh(x w_g^T) * (x w_u^T) for the fused gate|up projection w = [w_g | w_u] [2I, K]; with
+  // up [M, I] given, gelu_tanh(x w^T) * up (w [I, K]). Rounded as linear then gelu_mul(_fused) round.
+  // Default: exactly that pair of ops.
+  virtual void linear_gelu(Tensor out, const Tensor& x, const Tensor& w, const Tensor& up = Tensor());
 
   // --- attention ---
   // In place on x [T, heads, D]: half-split (NeoX) rotation of pairs (j, j + D/2) by angle

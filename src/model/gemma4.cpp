@@ -157,9 +157,9 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
 
   // --- feed-forward: gated GELU MLP, plus the MoE block in parallel on the same residual ---
   {
-    Tensor gate_up = be.alloc(act, {T, 2 * I});
-    be.linear(gate_up, h, lw.gate_proj);
-    be.gelu_linear(o, gate_up, Tensor(), lw.down_proj);  // down_proj(gelu(gate) * up)
+    Tensor a = be.alloc(act, {T, I});
+    be.linear_gelu(a, h, lw.gate_proj);  // gelu(gate_proj(h)) * up_proj(h), gate_proj = gate|up
+    be.linear(o, a, lw.down_proj);
   }
   if (c.enable_moe_block) {
     const int64_t E = c.num_experts, K = c.top_k_experts;
@@ -196,8 +196,8 @@ void decoder_layer(Backend& be, Tensor x, const LayerWeights& lw, const LayerSpe
   // --- per-layer embedding gate, after the FFN residual ---
   MTP_ASSERT(ctx.ple.defined());
   Tensor g = be.alloc(act, {T, P});
-  be.linear(g, x, lw.per_layer_input_gate);
-  be.gelu_linear(o, g, ctx.ple, lw.per_layer_projection);  // per_layer_projection(gelu(gate) * ple)
+  be.linear_gelu(g, x, lw.per_layer_input_gate, ctx.ple);  // gelu(per_layer_input_gate(x)) * ple
+  be.linear(o, g, lw.per_layer_projection);
   last_add(o, lw.post_per_layer_input_norm);
 }
 

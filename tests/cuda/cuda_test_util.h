@@ -18,7 +18,6 @@ namespace cuda {
 // linear.cu: variant -1 = pick by shape; pdl 0 / 1 = programmatic dependent launch off / on, -1 = leave.
 // Returns the number of GEMV variants.
 int gemv_override(int variant, int pdl);
-void gelu_fuse_override(int max_m);  // linear.cu: gelu_linear fused up to max_m rows (-1: default)
 }  // namespace cuda
 namespace {
 

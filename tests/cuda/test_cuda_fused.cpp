@@ -1,6 +1,6 @@
 // The fused decode ops against the CUDA ops they replace (bit for bit: the same sums and roundings) and
 // against the CPU ops (bounds as in test_cuda_ops.cpp): qkv_norm_rope_kv (split heads, norms, RoPE and the
-// KV write in one kernel) and gelu_linear (the MLP activation made inside the GEMV's loads). Then
+// KV write in one kernel) and linear_gelu (the MLP activation made in the GEMV's epilogue). Then
 // programmatic dependent launch on every kernel: the tiny model gives the same bits with PDL on (in a graph)
 // and off.
 #include "cuda_test_util.h"
@@ -114,48 +114,49 @@ TEST(CudaFused, QkvNormRopeKvFreedPageIsAnError) {
   EXPECT_THROW(gpu().synchronize(), Error);
 }
 
-// gelu_linear with the fused GEMV forced on (it is off by default: MTP_GELU_MAX_M): both operand forms
-// ([M, 2I] gate | up, or gate and up apart), M = 1..5 (5: the unfused fallback), against gelu_mul(_fused) +
-// linear with the same GEMV variant forced (bit for bit) and the CPU.
-TEST(CudaFused, GeluLinearEqualsGeluMulThenLinear) {
-  cuda::gelu_fuse_override(4);
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{2560, 10240}, {2560, 256}, {96, 40}, {37, 2056}};
-  for (auto [N, I] : shapes)
-    for (int64_t M : {1, 2, 4, 5})
-      for (bool fused_operand : {true, false}) {
-        SCOPED_TRACE(testing::Message()
-                     << "M=" << M << " N=" << N << " I=" << I << " fused " << fused_operand);
-        auto gu = randn_bf16(size_t(M * 2 * I)),
-             w = randn_bf16(size_t(N * I), float(1.0 / std::sqrt(double(I))));
-        std::vector<float> gate(size_t(M * I)), up(size_t(M * I));
-        for (int64_t m = 0; m < M; m++)
-          for (int64_t i = 0; i < I; i++)
-            gate[size_t(m * I + i)] = gu[size_t(m * 2 * I + i)],
-                                up[size_t(m * I + i)] = gu[size_t(m * 2 * I + I + i)];
-        Tensor gw = gpu_bf16(w, {N, I});
-        Tensor ggu = gpu_bf16(gu, {M, 2 * I}), gg = gpu_bf16(gate, {M, I}), gup = gpu_bf16(up, {M, I});
-        Tensor c = cpu().alloc(DType::F32, {M, N}), ca = cpu().alloc(DType::F32, {M, I});
-        cpu().gelu_mul_fused(ca, cpu_f32(gu, {M, 2 * I}));
-        cpu().linear(c, ca, cpu_bf16(w, {N, I}));
-        for (int v : {-1, 4, 5, 7}) {
+// linear_gelu (the activation in the GEMV's epilogue) on the fused gate|up projection w [2I, K] and with a
+// given up (w [I, K]), M = 1..8 (1-4: split-K GEMV, 5-8: tensor-core GEMV when K % 32 == 0, else cuBLAS +
+// gelu_mul), against the CPU and, bit for bit, against linear + gelu_mul(_fused) on the GPU with the same
+// GEMV: the epilogue rounds as gelu_mul does, and a row's sum does not depend on which block row holds it
+// (forced split-K variants with equal threads and steps per row; the tensor-core tile).
+TEST(CudaFused, LinearGeluEqualsLinearThenGeluMul) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{10240, 2560}, {256, 2560}, {37, 2080}, {24, 40}};
+  for (auto [I, K] : shapes)
+    for (int64_t M : {1, 2, 3, 4, 5, 8})
+      for (bool pairs : {true, false}) {
+        SCOPED_TRACE(testing::Message() << "M=" << M << " I=" << I << " K=" << K << " pairs " << pairs);
+        const int64_t rows = pairs ? 2 * I : I;
+        auto x = randn_bf16(size_t(M * K)),
+             w = randn_bf16(size_t(rows * K), float(1.0 / std::sqrt(double(K))));
+        auto up = randn_bf16(size_t(M * I));
+        Tensor gx = gpu_bf16(x, {M, K}), gw = gpu_bf16(w, {rows, K}), gup = gpu_bf16(up, {M, I});
+        Tensor cg = cpu().alloc(DType::F32, {M, rows}), c = cpu().alloc(DType::F32, {M, I});
+        cpu().linear(cg, cpu_f32(x, {M, K}), cpu_bf16(w, {rows, K}));
+        if (pairs)
+          cpu().gelu_mul_fused(c, cg);
+        else
+          cpu().gelu_mul(c, cg, cpu_f32(up, {M, I}));
+        // Forced split-K variants whose threads and steps per row match between the two matrices' picks
+        // (gate pairs: v5, v8; gelu-times-up: v2, v3), and the shape's own pick (-1).
+        const std::vector<int> variants = pairs ? std::vector<int>{-1, 5, 8} : std::vector<int>{-1, 2, 3};
+        for (int v : variants) {
           cuda::gemv_override(v, -1);
-          Guarded o(DType::BF16, {M, N});
-          if (fused_operand)
-            gpu().gelu_linear(o.t, ggu, Tensor(), gw);
+          Guarded o(DType::BF16, {M, I});
+          gpu().linear_gelu(o.t, gx, gw, pairs ? Tensor() : gup);
+          o.check("linear_gelu");
+          EXPECT_NERR(host_f32(o.t), host_f32(c), kTolN, "linear_gelu vs cpu, variant " << v);
+          Tensor g = gpu().alloc(DType::BF16, {M, rows}), ref = gpu().alloc(DType::BF16, {M, I});
+          gpu().linear(g, gx, gw);
+          if (pairs)
+            gpu().gelu_mul_fused(ref, g);
           else
-            gpu().gelu_linear(o.t, gg, gup, gw);
-          o.check("gelu_linear");
-          EXPECT_NERR(host_f32(o.t), host_f32(c), kTolN, "gelu_linear vs cpu, variant " << v);
-          Tensor a = gpu().alloc(DType::BF16, {M, I}), ref = gpu().alloc(DType::BF16, {M, N});
-          gpu().gelu_mul(a, gg, gup);
-          gpu().linear(ref, a, gw);
-          if (v >= 0) {
-            EXPECT_EQ(host_f32(o.t), host_f32(ref)) << "differs from gelu_mul + linear, variant " << v;
+            gpu().gelu_mul(ref, g, gup);
+          if (v >= 0 || M >= 5) {
+            EXPECT_EQ(host_f32(o.t), host_f32(ref)) << "differs from linear + gelu_mul, variant " << v;
           }
         }
         cuda::gemv_override(-1, -1);
       }
-  cuda::gelu_fuse_override(-1);
 }
 
 // Programmatic dependent launch on every kernel: a race (a kernel reading its predecessor's output before the

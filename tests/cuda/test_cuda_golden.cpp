@@ -81,13 +81,13 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaGolden,
 
 TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
   auto run = [](const std::string& asst, const std::vector<std::vector<int32_t>>& prompts,
-                const std::string& graphs = "auto") {
+                const std::string& graphs = "auto", int num_draft = 3) {
     EngineOptions o;
     o.graphs = graphs;
     o.model_dir = src("models/tiny-gemma4");
     o.assistant_dir = asst.empty() ? "" : src("models/" + asst);
     o.backend = "cuda";
-    o.num_draft = 3;
+    o.num_draft = num_draft;
     o.max_running = 16;
     auto e = Engine::create(o);
     EXPECT_EQ(e->info().backend.substr(0, 4), "cuda");
@@ -133,11 +133,14 @@ TEST(CudaEngine, GreedySpeculationEqualsTargetOnlyOnTheGpu) {
   for (size_t i = 0; i < prompts.size(); i++) same_eager += a[i] == eager[i];
   std::printf("GPU greedy target-only: graphs == eager for %d/%zu prompts\n", same_eager, prompts.size());
   EXPECT_GE(same_eager, int(prompts.size()) * 9 / 10);  // padded buckets may round a near-tie differently
-  for (const char* asst : {"tiny-gemma4-assistant", "tiny-gemma4-assistant-centroid"}) {
-    auto b = run(asst, prompts);
+  // K = 3 (4-row verify blocks: the split-K GEMV at batch 1) and K = 6 (7 rows: the tensor-core GEMV).
+  for (auto [asst, k] : std::vector<std::pair<const char*, int>>{{"tiny-gemma4-assistant", 3},
+                                                                 {"tiny-gemma4-assistant-centroid", 3},
+                                                                 {"tiny-gemma4-assistant", 6}}) {
+    auto b = run(asst, prompts, "auto", k);
     int same = 0;
     for (size_t i = 0; i < prompts.size(); i++) same += a[i] == b[i];
-    std::printf("GPU greedy with %s: speculative == target-only for %d/%zu prompts\n", asst, same,
+    std::printf("GPU greedy with %s, K = %d: speculative == target-only for %d/%zu prompts\n", asst, k, same,
                 prompts.size());
     // bf16 verify blocks ([K+1] rows) and decode steps (1 row) may round a near-tie differently
     // (mtp-algorithm.md §4 #10); everything else must be identical.

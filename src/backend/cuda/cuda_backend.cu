@@ -189,7 +189,6 @@ class CudaBackend final : public Backend {
     CUDA_OK(cudaMemset(ctx_.err, 0, sizeof(DevErr)), "init");
     CUDA_OK(cudaMallocHost(&err_host_, sizeof(DevErr)), "init");
     if (const char* s = std::getenv("MTP_GEMV_MAX_M")) ctx_.gemv_max_m = std::atoi(s);
-    if (const char* s = std::getenv("MTP_GELU_MAX_M")) ctx_.gelu_max_m = std::atoi(s);
     if (const char* s = std::getenv("MTP_MMA_MIN_M")) ctx_.mma_min_m = std::atoi(s);
     if (const char* s = std::getenv("MTP_OP_PROFILE")) profile_ = std::atoi(s) != 0;
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
@@ -371,9 +370,9 @@ class CudaBackend final : public Backend {
     OpScope op_scope_(*this, "linear");
     cuda::linear(ctx_, out, x, w);
   }
-  void gelu_linear(Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w) override {
-    OpScope op_scope_(*this, "gelu_linear");
-    if (!cuda::gelu_linear(ctx_, out, gate, up, w)) Backend::gelu_linear(out, gate, up, w);
+  void linear_gelu(Tensor out, const Tensor& x, const Tensor& w, const Tensor& up) override {
+    OpScope op_scope_(*this, "linear_gelu");
+    if (!cuda::linear_gelu(ctx_, out, x, w, up)) Backend::linear_gelu(out, x, w, up);
   }
   void rope(Tensor x, const Tensor& positions, const Tensor& inv_freq) override {
     OpScope op_scope_(*this, "rope");

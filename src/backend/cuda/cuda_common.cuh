@@ -63,11 +63,6 @@ struct Ctx {
   DevErr* err = nullptr;  // device
   int num_sms = 132;
   int gemv_max_m = 1;  // MTP_GEMV_MAX_M overrides
-  // gelu_linear computes gelu(gate) * up inside the GEMV for up to this many rows (MTP_GELU_MAX_M, at most
-  // 4). Off by default: every CTA recomputes the activation of all of x, which at 4 rows made the E4B down
-  // projection compute-bound (verify 6.38 -> 5.30 ms unfused); at 1 row unfused is equal (E4B) or faster
-  // (E2B 3.24 -> 3.14 ms, 31B -2.6%) since the row kernels got fast.
-  int gelu_max_m = 0;
   // linear() runs M rows in [mma_min_m, 8] on the tensor-core GEMV (gemv_mma.cu; MTP_MMA_MIN_M, 9: never).
   int mma_min_m = 5;
   int linear_path = 0;  // 0 auto, 1 gemv, 2 cublas
@@ -144,6 +139,13 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   const float c = 0.7978845608028654f;
   return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
+// gelu_mul's output from bf16 values g and u: gelu_tanh(g) rounded to bf16, times u, rounded (as HF rounds).
+__device__ __forceinline__ __nv_bfloat16 gelu_mul_round(float g, float u) {
+  return __float2bfloat16_rn(round_bf(gelu_tanh(g)) * u);
+}
+// The GEMV epilogues (linear.cu, gemv_mma.cu): plain sums; gelu(gate) * up from the rows n and N + n of a
+// fused gate|up matrix [2N, K]; gelu(sum) * up[m, n] with up given.
+enum GemvEpi { kEpiPlain = 0, kEpiGatePairs = 1, kEpiGeluUp = 2 };
 
 // Sum of v over the TPR threads of one row: a warp (TPR = 32, several rows per block) or a whole block (TPR a
 // multiple of 32, one row per block; every thread of the block must call it). A fixed order, so every kernel
@@ -195,14 +197,14 @@ void fill_random(Ctx&, Tensor t, uint64_t seed, float mean, float std, bool norm
 void linear(Ctx&, Tensor out, const Tensor& x, const Tensor& w);
 void gemv_bf16(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t M,
                const __nv_bfloat16* w, int64_t N, int64_t K);
-// The GEMV of linear() on gelu(gate) * up computed as it loads x; false when not fused (the default:
-// Ctx::gelu_max_m) or the shape is not a GEMV one (the caller then runs the unfused ops).
-bool gelu_linear(Ctx&, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w);
-// gemv_mma.cu: the GEMV of M <= 8 token rows (stride ldx) on tensor cores; needs K % 32 == 0 and 16-byte
-// aligned rows (gemv_mma_ok).
+// Backend::linear_gelu on the GEMVs (the activation in their epilogue) for the rows linear() gives them;
+// false for the rows cuBLAS takes (the caller then runs linear + gelu_mul).
+bool linear_gelu(Ctx&, Tensor out, const Tensor& x, const Tensor& w, const Tensor& up);
+// gemv_mma.cu: the GEMV of M <= 8 token rows (stride ldx) on tensor cores, N outputs per row with epilogue
+// `epi` (GemvEpi; up: [M, N] for kEpiGeluUp); needs K % 32 == 0 and 16-byte aligned rows (gemv_mma_ok).
 bool gemv_mma_ok(int64_t M, int64_t K, const void* x, int64_t ldx, const void* w);
 void gemv_mma(Ctx&, __nv_bfloat16* out, int64_t ldo, const __nv_bfloat16* x, int64_t ldx, int64_t M,
-              const __nv_bfloat16* w, int64_t N, int64_t K);
+              const __nv_bfloat16* w, int64_t N, int64_t K, int epi, const __nv_bfloat16* up);
 // rope.cu
 void rope(Ctx&, Tensor x, const Tensor& positions, const Tensor& inv_freq);
 void qkv_norm_rope_kv(Ctx&, Tensor q, const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm,

@@ -39,16 +39,21 @@ struct Step {
   uint4 a[U], b[U], x[U];
 };
 
-template <int NW, int U>
+// Epilogue E (GemvEpi): with gate pairs the tile's rows g are gate rows n0 + g and its rows g + 8 the
+// matching up rows N + n0 + g of w [2N, K] (8 outputs per block); else 16 consecutive rows (16 outputs).
+template <int NW, int U, int E>
 __global__ void __launch_bounds__(NW * 32)
     gemv_mma_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t ldx, int M,
-                    const bf16* __restrict__ w, int64_t N, int64_t K) {
+                    const bf16* __restrict__ w, int64_t N, int64_t K, const bf16* __restrict__ up) {
+  constexpr int kRows = E == kEpiGatePairs ? 8 : 16;  // outputs per block and token row
   __shared__ float red[NW][32][4];
   pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t n0 = int64_t(blockIdx.x) * 16, C = K / 32;  // C chunks of 32 (4 words) per row
-  const uint4* wa = reinterpret_cast<const uint4*>(w + min(n0 + g, N - 1) * K) + t;
-  const uint4* wb = reinterpret_cast<const uint4*>(w + min(n0 + g + 8, N - 1) * K) + t;
+  const int64_t n0 = int64_t(blockIdx.x) * kRows, C = K / 32;  // C chunks of 32 (4 words) per row
+  const int64_t ra = min(n0 + g, N - 1);
+  const int64_t rb = E == kEpiGatePairs ? N + ra : min(n0 + g + 8, N - 1);
+  const uint4* wa = reinterpret_cast<const uint4*>(w + ra * K) + t;
+  const uint4* wb = reinterpret_cast<const uint4*>(w + rb * K) + t;
   const uint4* xr = reinterpret_cast<const uint4*>(x + int64_t(min(g, M - 1)) * ldx) + t;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   auto load_w = [&](Step<U>& s, int64_t c0) {
@@ -92,14 +97,25 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
   for (int j = 0; j < 4; j++) red[warp][lane][j] = acc[j];
   __syncthreads();
-  // Output (row r, token m) sits in lane (r % 8) * 4 + m / 2, register (r >= 8) * 2 + m % 2 of every warp.
-  for (int i = threadIdx.x; i < 128; i += NW * 32) {
-    const int r = i >> 3, m = i & 7;
+  // Tile row r, token m sits in lane (r % 8) * 4 + m / 2, register (r >= 8) * 2 + m % 2 of every warp.
+  auto sum = [&](int r, int m) {
     const int l = (r & 7) * 4 + (m >> 1), q = (r >> 3) * 2 + (m & 1);
-    float sum = 0.f;
+    float s = 0.f;
 #pragma unroll
-    for (int v = 0; v < NW; v++) sum += red[v][l][q];
-    if (m < M && n0 + r < N) out[int64_t(m) * ldo + n0 + r] = __float2bfloat16_rn(sum);
+    for (int v = 0; v < NW; v++) s += red[v][l][q];
+    return s;
+  };
+  for (int i = threadIdx.x; i < kRows * 8; i += NW * 32) {
+    const int r = i >> 3, m = i & 7;
+    const int64_t n = n0 + r;
+    if (m >= M || n >= N) continue;
+    if constexpr (E == kEpiPlain)
+      out[int64_t(m) * ldo + n] = __float2bfloat16_rn(sum(r, m));
+    else if constexpr (E == kEpiGatePairs)
+      out[int64_t(m) * ldo + n] = gelu_mul_round(round_bf(sum(r, m)), round_bf(sum(r + 8, m)));
+    else
+      out[int64_t(m) * ldo + n] =
+          gelu_mul_round(round_bf(sum(r, m)), __bfloat162float(up[int64_t(m) * ldo + n]));
   }
 }
 
@@ -111,14 +127,23 @@ bool gemv_mma_ok(int64_t M, int64_t K, const void* x, int64_t ldx, const void* w
 }
 
 void gemv_mma(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t ldx, int64_t M, const bf16* w, int64_t N,
-              int64_t K) {
-  MTP_ASSERT(gemv_mma_ok(M, K, x, ldx, w) && N > 0 && N / 16 < (int64_t(1) << 31));
+              int64_t K, int epi, const bf16* up) {
+  MTP_ASSERT(gemv_mma_ok(M, K, x, ldx, w) && N > 0 && N / 8 < (int64_t(1) << 31) &&
+             (epi != kEpiGeluUp || up != nullptr));
   // 16 warps per 16-row block, one chunk per step: the most loads in flight of the shapes measured
   // (bench_cuda_linear with MTP_MMA_MIN_M=1; 8 / 32 warps, 2-4 chunks per step and 32-row blocks were
   // slower).
   constexpr int kWarps = 16;
-  launch(c, "linear (gemv mma)", gemv_mma_kernel<kWarps, 1>, dim3(unsigned((N + 15) / 16)), dim3(32 * kWarps),
-         0, out, ldo, x, ldx, int(M), w, N, K);
+  auto go = [&](auto kernel, int rows) {
+    launch(c, "linear (gemv mma)", kernel, dim3(unsigned((N + rows - 1) / rows)), dim3(32 * kWarps), 0, out,
+           ldo, x, ldx, int(M), w, N, K, up);
+  };
+  if (epi == kEpiGatePairs)
+    go(gemv_mma_kernel<kWarps, 1, kEpiGatePairs>, 8);
+  else if (epi == kEpiGeluUp)
+    go(gemv_mma_kernel<kWarps, 1, kEpiGeluUp>, 16);
+  else
+    go(gemv_mma_kernel<kWarps, 1, kEpiPlain>, 16);
 }
 
 }  // namespace mtpserve::cuda

@@ -60,50 +60,33 @@ __global__ void __launch_bounds__(128)
 // and rounds once to bf16. Unlike the warp-per-row kernel a row's bytes are requested at once (a K = 2560
 // row is 320 words: one step of 128 threads with U = 4), so a matrix of a few MB is in flight in one round
 // trip instead of K / (256 U) dependent ones. The first step's weight loads go out before the PDL wait.
-// The 8 x values of word i of a token row: x itself, or with G the product gelu_tanh(x) * up rounded as
-// gelu_mul_kernel rounds it (gelu_linear: the MLP's activation made as the GEMV loads it).
-template <bool G>
-__device__ __forceinline__ uint4 load_x(const uint4* x, const uint4* up, int64_t i) {
-  if constexpr (!G) {
-    return __ldg(x + i);
-  } else {
-    float g[8], u[8];
-    unpack8(__ldg(x + i), g);
-    unpack8(__ldg(up + i), u);
-    uint32_t r[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const __nv_bfloat162 p = __floats2bfloat162_rn(round_bf(gelu_tanh(g[2 * j])) * u[2 * j],
-                                                     round_bf(gelu_tanh(g[2 * j + 1])) * u[2 * j + 1]);
-      r[j] = *reinterpret_cast<const uint32_t*>(&p);
-    }
-    return make_uint4(r[0], r[1], r[2], r[3]);
-  }
-}
-
-template <int MT, int R, int U, int NT, bool G>
+// The epilogue E (cuda_common.cuh GemvEpi): plain sums; gate pairs (linear_gelu on the fused gate|up
+// projection w [2N, K]: the block's first R/2 rows are gate rows n0.., the others the up rows N + n0.., and
+// it writes gelu(gate) * up for n0..); gelu times a given up [M, N] (the PLE gate). Both round as linear and
+// then gelu_mul(_fused) do, so the fused op is the unfused pair without the [M, 2N] round trip and its
+// kernel.
+template <int MT, int R, int U, int NT, int E>
 __global__ void __launch_bounds__(NT)
-    gemv_splitk_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x,
-                       const bf16* __restrict__ up, int64_t ldx, int64_t M, const bf16* __restrict__ w,
-                       int64_t N, int64_t K) {
-  constexpr int NW = NT / 32, V = MT * R, P = pow2_ceil(V);
+    gemv_splitk_kernel(bf16* __restrict__ out, int64_t ldo, const bf16* __restrict__ x, int64_t ldx,
+                       int64_t M, const bf16* __restrict__ w, int64_t N, int64_t K,
+                       const bf16* __restrict__ up) {
+  static_assert(E != kEpiGatePairs || R % 2 == 0, "gate pairs need an even row count");
+  constexpr int NW = NT / 32, V = MT * R, P = pow2_ceil(V), H = E == kEpiGatePairs ? R / 2 : R;
   __shared__ float red[NW][V];
   pdl_trigger();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t n0 = int64_t(blockIdx.x) * R, m0 = int64_t(blockIdx.y) * MT, K8 = K / 8;
-  const uint4* wr[R];
+  const int64_t n0 = int64_t(blockIdx.x) * H, m0 = int64_t(blockIdx.y) * MT, K8 = K / 8;
+  const uint4* wr[R];  // gate pairs: rows n0 + r (gate) for r < H, N + n0 + r - H (up) after
 #pragma unroll
-  for (int r = 0; r < R; r++) wr[r] = reinterpret_cast<const uint4*>(w + min(n0 + r, N - 1) * K);
+  for (int r = 0; r < R; r++)
+    wr[r] = reinterpret_cast<const uint4*>(w + (r < H ? min(n0 + r, N - 1) : N + min(n0 + r - H, N - 1)) * K);
   int64_t k = tid;
   uint4 wv[U][R];
   splitk_load<R, U, NT>(wv, wr, k, K8);
-  pdl_wait();                    // x (and out) may come from the previous kernel
-  const uint4 *xr[MT], *ur[MT];  // token rows of x (and up): row stride ldx
+  pdl_wait();           // x (and out) may come from the previous kernel
+  const uint4* xr[MT];  // token rows of x: row stride ldx
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
-    xr[m] = reinterpret_cast<const uint4*>(x + min(m0 + m, M - 1) * ldx);
-    ur[m] = G ? reinterpret_cast<const uint4*>(up + min(m0 + m, M - 1) * ldx) : nullptr;
-  }
+  for (int m = 0; m < MT; m++) xr[m] = reinterpret_cast<const uint4*>(x + min(m0 + m, M - 1) * ldx);
   float acc[P];  // acc[m * R + r]; the padding stays 0
 #pragma unroll
   for (int i = 0; i < P; i++) acc[i] = 0.f;
@@ -113,7 +96,7 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
       for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int m = 0; m < MT; m++) xv[u][m] = load_x<G>(xr[m], ur[m], min(k + u * NT, K8 - 1));
+        for (int m = 0; m < MT; m++) xv[u][m] = __ldg(xr[m] + min(k + u * NT, K8 - 1));
 #pragma unroll
       for (int u = 0; u < U; u++)
         if (k + u * NT < K8) splitk_fma<MT, R>(acc, wv[u], xv[u]);
@@ -123,7 +106,7 @@ __global__ void __launch_bounds__(NT)
         if (k + u * NT < K8) {
           uint4 xv[MT];
 #pragma unroll
-          for (int m = 0; m < MT; m++) xv[m] = load_x<G>(xr[m], ur[m], k + u * NT);
+          for (int m = 0; m < MT; m++) xv[m] = __ldg(xr[m] + k + u * NT);
           splitk_fma<MT, R>(acc, wv[u], xv);
         }
       }
@@ -134,12 +117,22 @@ __global__ void __launch_bounds__(NT)
   }
   splitk_warp_sums<V>(acc, red[warp], lane);
   __syncthreads();
-  for (int i = tid; i < V; i += NT) {
-    float s = red[0][i];
+  auto sum = [&](int i) {
+    float t = red[0][i];
 #pragma unroll
-    for (int j = 1; j < NW; j++) s += red[j][i];
-    const int64_t m = m0 + i / R, n = n0 + i % R;
-    if (m < M && n < N) out[m * ldo + n] = __float2bfloat16_rn(s);
+    for (int j = 1; j < NW; j++) t += red[j][i];
+    return t;
+  };
+  for (int i = tid; i < MT * H; i += NT) {
+    const int64_t m = m0 + i / H, n = n0 + i % H;
+    if (m >= M || n >= N) continue;
+    const int v = (i / H) * R + i % H;  // the value of (m, r)
+    if constexpr (E == kEpiPlain)
+      out[m * ldo + n] = __float2bfloat16_rn(sum(v));
+    else if constexpr (E == kEpiGatePairs)
+      out[m * ldo + n] = gelu_mul_round(round_bf(sum(v)), round_bf(sum(v + H)));
+    else
+      out[m * ldo + n] = gelu_mul_round(round_bf(sum(v)), __bfloat162float(up[m * ldo + n]));
   }
 }
 
@@ -153,43 +146,53 @@ constexpr SplitK kVariants[] = {{0, 0, 0},   {1, 4, 256}, {2, 2, 256}, {2, 4, 25
 constexpr int kNumVariants = int(sizeof(kVariants) / sizeof(kVariants[0]));
 int g_force_variant = -1;  // gemv_override
 
-// The GEMV's operands: x rows (stride ldx), and with G the up rows of gelu(x) * up.
+// The GEMV's operands: x rows (stride ldx); N outputs per row (gate pairs: w has 2N rows); up [M, N] for the
+// gelu-times-up epilogue.
 struct GemvArgs {
   bf16* out;
   int64_t ldo;
-  const bf16 *x, *up;
+  const bf16* x;
   int64_t ldx, M;
   const bf16* w;
   int64_t N, K;
+  const bf16* up;
 };
 
-template <int MT, int V, bool G>
+template <int MT, int V, int E>
 void launch_variant(Ctx& c, const GemvArgs& a) {
   const unsigned gy = unsigned((a.M + MT - 1) / MT);
   if constexpr (V == 0) {
-    static_assert(!G, "gelu_linear uses split-K variants only");
+    static_assert(E == kEpiPlain, "the fused epilogues use split-K variants only");
     auto k = a.N / 8 >= 2 * int64_t(c.num_sms) ? gemv_kernel<MT, 2> : gemv_kernel<MT, 1>;
     const int rows = a.N / 8 >= 2 * int64_t(c.num_sms) ? 8 : 4;
     launch(c, "linear (gemv)", k, dim3(unsigned((a.N + rows - 1) / rows), gy), dim3(128), 0, a.out, a.ldo,
            a.x, a.M, a.w, a.N, a.K);
   } else {
     constexpr SplitK s = kVariants[V];
-    launch(c, "linear (gemv)", gemv_splitk_kernel<MT, s.R, s.U, s.NT, G>,
-           dim3(unsigned((a.N + s.R - 1) / s.R), gy), dim3(unsigned(s.NT)), 0, a.out, a.ldo, a.x, a.up, a.ldx,
-           a.M, a.w, a.N, a.K);
+    constexpr int H = E == kEpiGatePairs ? s.R / 2 : s.R;  // outputs per block and token row
+    launch(c, "linear (gemv)", gemv_splitk_kernel<MT, s.R, s.U, s.NT, E>,
+           dim3(unsigned((a.N + H - 1) / H), gy), dim3(unsigned(s.NT)), 0, a.out, a.ldo, a.x, a.ldx, a.M, a.w,
+           a.N, a.K, a.up);
   }
 }
 
-// gelu_linear instantiates only the variants pick_variant gives its shapes (down projections: K <= 4096
-// or long rows), to keep the kernel count down.
-constexpr bool gelu_variant(int v) { return v == 4 || v == 5 || v == 7; }
+// The fused epilogues (linear_gelu, at most 4 token rows) instantiate two variants each, to keep the kernel
+// count down: gate pairs the picks for wide matrices (v5 at M = 1, v8 above), gelu-times-up those for the
+// small PLE gate (N <= 1024: v2 at M = 1, v3 above).
+constexpr bool epi_variant(int e, int v) {
+  return e == kEpiPlain || (e == kEpiGatePairs ? v == 5 || v == 8 : v == 2 || v == 3);
+}
+int epi_pick(int e, int64_t M, int v) {
+  if (epi_variant(e, v)) return v;
+  return e == kEpiGatePairs ? (M == 1 ? 5 : 8) : (M == 1 ? 2 : 3);
+}
 
-template <int MT, bool G, int V = 0>
+template <int MT, int E, int V = 0>
 void launch_gemv_mt(Ctx& c, int variant, const GemvArgs& a) {
   if constexpr (V < kNumVariants) {
-    if constexpr (!G || gelu_variant(V))
-      if (variant == V) return launch_variant<MT, V, G>(c, a);
-    launch_gemv_mt<MT, G, V + 1>(c, variant, a);
+    if constexpr (epi_variant(E, V))
+      if (variant == V) return launch_variant<MT, V, E>(c, a);
+    launch_gemv_mt<MT, E, V + 1>(c, variant, a);
   }
 }
 
@@ -216,29 +219,43 @@ bool gemv_ok(const void* x, const void* w, int64_t K) {
          (reinterpret_cast<uintptr_t>(w) % 16) == 0;
 }
 
-template <bool G>
+template <int E>
 void gemv_dispatch(Ctx& c, const GemvArgs& a) {
   int v =
       g_force_variant >= 0 && g_force_variant < kNumVariants ? g_force_variant : pick_variant(a.M, a.N, a.K);
-  if (G && !gelu_variant(v)) v = a.M <= 4 ? 4 : 7;
-  // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
-  switch (a.M < 8 ? a.M : 8) {
-    case 1:
-      return launch_gemv_mt<1, G>(c, v, a);
-    case 2:
-      return launch_gemv_mt<2, G>(c, v, a);
-    case 3:
-      return launch_gemv_mt<3, G>(c, v, a);
-    case 4:
-      return launch_gemv_mt<4, G>(c, v, a);
-    case 5:
-      return launch_gemv_mt<5, G>(c, v, a);
-    case 6:
-      return launch_gemv_mt<6, G>(c, v, a);
-    case 7:
-      return launch_gemv_mt<7, G>(c, v, a);
-    default:
-      return launch_gemv_mt<8, G>(c, v, a);
+  if constexpr (E != kEpiPlain) {
+    MTP_ASSERT(a.M <= 4);
+    v = epi_pick(E, a.M, v);
+    switch (a.M) {
+      case 1:
+        return launch_gemv_mt<1, E>(c, v, a);
+      case 2:
+        return launch_gemv_mt<2, E>(c, v, a);
+      case 3:
+        return launch_gemv_mt<3, E>(c, v, a);
+      default:
+        return launch_gemv_mt<4, E>(c, v, a);
+    }
+  } else {
+    // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
+    switch (a.M < 8 ? a.M : 8) {
+      case 1:
+        return launch_gemv_mt<1, E>(c, v, a);
+      case 2:
+        return launch_gemv_mt<2, E>(c, v, a);
+      case 3:
+        return launch_gemv_mt<3, E>(c, v, a);
+      case 4:
+        return launch_gemv_mt<4, E>(c, v, a);
+      case 5:
+        return launch_gemv_mt<5, E>(c, v, a);
+      case 6:
+        return launch_gemv_mt<6, E>(c, v, a);
+      case 7:
+        return launch_gemv_mt<7, E>(c, v, a);
+      default:
+        return launch_gemv_mt<8, E>(c, v, a);
+    }
   }
 }
 
@@ -247,7 +264,7 @@ void gemv_dispatch(Ctx& c, const GemvArgs& a) {
 void gemv_bf16(Ctx& c, bf16* out, int64_t ldo, const bf16* x, int64_t M, const bf16* w, int64_t N,
                int64_t K) {
   MTP_ASSERT(gemv_ok(x, w, K));
-  gemv_dispatch<false>(c, GemvArgs{out, ldo, x, nullptr, K, M, w, N, K});
+  gemv_dispatch<kEpiPlain>(c, GemvArgs{out, ldo, x, K, M, w, N, K, nullptr});
 }
 
 // For bench_cuda_linear and the tests: variant >= 0 forces that GEMV variant (see kVariants), -1 picks by
@@ -262,10 +279,6 @@ int gemv_override(int variant, int pdl) {
   return kNumVariants;
 }
 
-// For the tests: gelu_linear's fused row limit (Ctx::gelu_max_m) forced to max_m (-1: the context's).
-static int g_gelu_max_m = -1;
-void gelu_fuse_override(int max_m) { g_gelu_max_m = max_m; }
-
 bool pdl_enabled() {
   if (g_pdl < 0) {
     const char* s = std::getenv("MTP_PDL");
@@ -274,23 +287,33 @@ bool pdl_enabled() {
   return g_pdl == 1;
 }
 
-bool gelu_linear(Ctx& c, Tensor out, const Tensor& gate, const Tensor& up, const Tensor& w) {
-  need(out, DType::BF16, "gelu_linear", "out");
-  need(gate, DType::BF16, "gelu_linear", "gate");
-  need(w, DType::BF16, "gelu_linear", "w");
-  if (up.defined()) need(up, DType::BF16, "gelu_linear", "up");
-  const int64_t K = w.dim(-1), N = w.numel() / K, M = gate.dim(0);
-  const int64_t ldx = up.defined() ? K : 2 * K;  // [M, 2I] holds gate | up
-  MTP_CHECK(
-      K > 0 && gate.numel() == M * ldx && (!up.defined() || up.numel() == M * K) && out.numel() == M * N,
-      "cuda gelu_linear: gate {} / up {} / w {} / out {} shapes do not agree", gate.shape_str(),
-      up.defined() ? up.shape_str() : "-", w.shape_str(), out.shape_str());
-  const bf16* u = up.defined() ? cbf(up) : cbf(gate) + K;
-  // Fused for up to max_m rows (none by default, see Ctx::gelu_max_m); else the caller's gelu_mul + linear.
-  const int max_m = std::min(4, g_gelu_max_m >= 0 ? g_gelu_max_m : c.gelu_max_m);
-  if (M == 0 || M > max_m || c.linear_path == 2 || !gemv_ok(gate.data, w.data, K) || !gemv_ok(u, w.data, K))
-    return false;
-  gemv_dispatch<true>(c, GemvArgs{mbf(out), N, cbf(gate), u, ldx, M, cbf(w), N, K});
+bool linear_gelu(Ctx& c, Tensor out, const Tensor& x, const Tensor& w, const Tensor& up) {
+  need(out, DType::BF16, "linear_gelu", "out");
+  need(x, DType::BF16, "linear_gelu", "x");
+  need(w, DType::BF16, "linear_gelu", "w");
+  if (up.defined()) need(up, DType::BF16, "linear_gelu", "up");
+  const int64_t K = w.dim(-1), rows = w.numel() / K, M = x.numel() / K;
+  const bool pairs = !up.defined();
+  const int64_t N = pairs ? rows / 2 : rows;  // outputs per token row
+  MTP_CHECK(K > 0 && x.numel() == M * K && (!pairs || rows % 2 == 0) && out.numel() == M * N &&
+                (pairs || up.numel() == M * N),
+            "cuda linear_gelu: x {} / w {} / up {} / out {} shapes do not agree", x.shape_str(),
+            w.shape_str(), up.defined() ? up.shape_str() : "-", out.shape_str());
+  if (M == 0 || N == 0) return true;
+  // linear()'s choice for these rows, with the activation in the epilogue; cuBLAS rows: the caller's
+  // linear + gelu_mul.
+  const int epi = pairs ? kEpiGatePairs : kEpiGeluUp;
+  const bf16* u = pairs ? nullptr : cbf(up);
+  if (c.linear_path == 0 && M >= c.mma_min_m && gemv_mma_ok(M, K, x.data, K, w.data)) {
+    gemv_mma(c, mbf(out), N, cbf(x), K, M, cbf(w), N, K, epi, u);
+    return true;
+  }
+  if (c.linear_path == 2 || M > 4 || !gemv_ok(x.data, w.data, K)) return false;
+  const GemvArgs a{mbf(out), N, cbf(x), K, M, cbf(w), N, K, u};
+  if (pairs)
+    gemv_dispatch<kEpiGatePairs>(c, a);
+  else
+    gemv_dispatch<kEpiGeluUp>(c, a);
   return true;
 }
 
@@ -309,7 +332,7 @@ void linear(Ctx& c, Tensor out, const Tensor& x, const Tensor& w) {
   // ones. Both lose to the tensor-core GEMV at 5-8 rows (E4B q/o/gate-up at M = 8: 6.0 / 5.6 / 19.8 us vs
   // cuBLAS 6.9 / 6.4 / 20.4), which splits K over 16 warps per 16 rows.
   if (c.linear_path == 0 && M >= c.mma_min_m && gemv_mma_ok(M, K, x.data, K, w.data)) {
-    gemv_mma(c, mbf(out), N, cbf(x), K, M, cbf(w), N, K);
+    gemv_mma(c, mbf(out), N, cbf(x), K, M, cbf(w), N, K, kEpiPlain, nullptr);
     return;
   }
   const bool small_matrix = N * K * 2 <= (int64_t(4) << 20);

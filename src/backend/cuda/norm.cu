@@ -179,7 +179,7 @@ __global__ void gelu_mul_kernel(bf16* out, const bf16* g, const bf16* u, int64_t
   pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(g[i]))) * bf(u[i]));
+    out[i] = gelu_mul_round(bf(g[i]), bf(u[i]));
 }
 __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int64_t I) {
   pdl_begin();
@@ -187,7 +187,7 @@ __global__ void gelu_mul_fused_kernel(bf16* out, const bf16* gu, int64_t M, int6
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t m = i / I, j = i % I;
-    out[i] = __float2bfloat16_rn(round_bf(gelu_tanh(bf(gu[m * 2 * I + j]))) * bf(gu[m * 2 * I + I + j]));
+    out[i] = gelu_mul_round(bf(gu[m * 2 * I + j]), bf(gu[m * 2 * I + I + j]));
   }
 }
 template <typename E>
