@@ -14,7 +14,7 @@ if [ "$part" = tests ] || [ "$part" = all ]; then
   $R mtpserve_cuda_tests >"$out/tests.log" 2>&1
   echo "tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/tests.log" | tr '\n' ' ')"
   LD_LIBRARY_PATH=.gpu/cuda/lib /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check full \
-    .gpu/cuda/mtpserve_cuda_tests --gtest_filter='CudaOps.*:CudaFused.Qkv*:CudaFused.Gelu*:CudaPrefill*' \
+    .gpu/cuda/mtpserve_cuda_tests --gtest_filter='CudaOps.*:CudaFused.Qkv*:CudaFused.LinearGelu*:CudaPrefill*' \
     >"$out/memcheck.log" 2>&1
   echo "memcheck: $(grep -E 'ERROR SUMMARY|LEAK SUMMARY|PASSED|FAILED' "$out/memcheck.log" | tr '\n' ' ')"
 fi
