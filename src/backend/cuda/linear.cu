@@ -219,44 +219,24 @@ bool gemv_ok(const void* x, const void* w, int64_t K) {
          (reinterpret_cast<uintptr_t>(w) % 16) == 0;
 }
 
+// Token rows per block: min(M, 8); rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk
+// re-reading the weights. The fused epilogues take at most 4 rows (more: the caller's unfused ops), so only
+// those are instantiated for them.
+template <int E, int MT = 1>
+void launch_gemv_rows(Ctx& c, int variant, const GemvArgs& a) {
+  if constexpr (MT < 8 && (E == kEpiPlain || MT < 4)) {
+    if (a.M > MT) return launch_gemv_rows<E, MT + 1>(c, variant, a);
+  }
+  launch_gemv_mt<MT, E>(c, variant, a);
+}
+
 template <int E>
 void gemv_dispatch(Ctx& c, const GemvArgs& a) {
+  MTP_ASSERT(E == kEpiPlain || a.M <= 4);
   int v =
       g_force_variant >= 0 && g_force_variant < kNumVariants ? g_force_variant : pick_variant(a.M, a.N, a.K);
-  if constexpr (E != kEpiPlain) {
-    MTP_ASSERT(a.M <= 4);
-    v = epi_pick(E, a.M, v);
-    switch (a.M) {
-      case 1:
-        return launch_gemv_mt<1, E>(c, v, a);
-      case 2:
-        return launch_gemv_mt<2, E>(c, v, a);
-      case 3:
-        return launch_gemv_mt<3, E>(c, v, a);
-      default:
-        return launch_gemv_mt<4, E>(c, v, a);
-    }
-  } else {
-    // Rows beyond 8 go in chunks of 8 (one grid, blockIdx.y = chunk), each chunk re-reading the weights.
-    switch (a.M < 8 ? a.M : 8) {
-      case 1:
-        return launch_gemv_mt<1, E>(c, v, a);
-      case 2:
-        return launch_gemv_mt<2, E>(c, v, a);
-      case 3:
-        return launch_gemv_mt<3, E>(c, v, a);
-      case 4:
-        return launch_gemv_mt<4, E>(c, v, a);
-      case 5:
-        return launch_gemv_mt<5, E>(c, v, a);
-      case 6:
-        return launch_gemv_mt<6, E>(c, v, a);
-      case 7:
-        return launch_gemv_mt<7, E>(c, v, a);
-      default:
-        return launch_gemv_mt<8, E>(c, v, a);
-    }
-  }
+  if constexpr (E != kEpiPlain) v = epi_pick(E, a.M, v);
+  launch_gemv_rows<E>(c, v, a);
 }
 
 }  // namespace
