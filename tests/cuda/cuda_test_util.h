@@ -85,6 +85,16 @@ inline Tensor gpu_i32(const std::vector<int32_t>& v, std::initializer_list<int64
   gpu().copy_from_host(t, v.data());
   return t;
 }
+// Attention metadata of one sequence with one query row at position pos after `prefix` committed keys.
+inline AttnMeta one_row_meta(int prefix, int pos) {
+  AttnMeta m;
+  m.num_seqs = 1;
+  m.max_q = 1;
+  m.cu_q = gpu_i32({0, 1}, {2});
+  m.prefix_len = gpu_i32({prefix}, {1});
+  m.positions = gpu_i32({pos}, {1});
+  return m;
+}
 template <typename T>
 inline Tensor gpu_raw(const std::vector<T>& v, DType d, std::initializer_list<int64_t> shape) {
   Tensor t = gpu().alloc(d, shape);

@@ -99,12 +99,7 @@ TEST(CudaFused, QkvNormRopeKvEqualsSplitThenUnfusedOps) {
 
 TEST(CudaFused, QkvNormRopeKvFreedPageIsAnError) {
   const int64_t nh = 2, kvh = 1, D = 16, slots = 64;
-  AttnMeta m;
-  m.num_seqs = 1;
-  m.max_q = 1;
-  m.cu_q = gpu_i32({0, 1}, {2});
-  m.prefix_len = gpu_i32({20}, {1});
-  m.positions = gpu_i32({20}, {1});
+  AttnMeta m = one_row_meta(20, 20);
   KvPageTable pt{gpu_i32({0, -1}, {1, 2}), 16};  // slot 20 lies in the freed second page
   Tensor q = gpu().alloc(DType::BF16, {1, nh, D}), qkv = gpu_bf16(randn_bf16(size_t(4 * D)), {1, 4, D});
   Tensor kc = gpu().alloc(DType::BF16, {slots, kvh, D}), vc = gpu().alloc(DType::BF16, {slots, kvh, D});

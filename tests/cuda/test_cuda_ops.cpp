@@ -515,12 +515,7 @@ TEST(CudaOps, Attention) {
 
 TEST(CudaOps, AttentionFreedPageIsAnError) {
   // A visible slot in a freed page must be reported, not read.
-  AttnMeta m;
-  m.num_seqs = 1;
-  m.max_q = 1;
-  m.cu_q = gpu_i32({0, 1}, {2});
-  m.prefix_len = gpu_i32({20}, {1});
-  m.positions = gpu_i32({20}, {1});
+  AttnMeta m = one_row_meta(20, 20);
   KvPageTable pt{gpu_i32({-1, 0}, {1, 2}), 16};
   Tensor kc = gpu_bf16(randn_bf16(64 * 16), {64, 1, 16}), vc = gpu_bf16(randn_bf16(64 * 16), {64, 1, 16});
   Tensor o = gpu().alloc(DType::BF16, {1, 2, 16});
@@ -533,12 +528,7 @@ TEST(CudaOps, AttentionNoVisibleKeyIsAnError) {
   // A read-only row with no prefix sees no key: reported with 1, 2, 20 and 80 KV splits.
   for (int pages : {1, 4, 40, 160}) {
     SCOPED_TRACE(pages);
-    AttnMeta m;
-    m.num_seqs = 1;
-    m.max_q = 1;
-    m.cu_q = gpu_i32({0, 1}, {2});
-    m.prefix_len = gpu_i32({0}, {1});
-    m.positions = gpu_i32({0}, {1});
+    AttnMeta m = one_row_meta(0, 0);
     m.block_keys = false;
     std::vector<int32_t> table(static_cast<size_t>(pages));
     std::iota(table.begin(), table.end(), 0);
