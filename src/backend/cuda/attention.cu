@@ -181,25 +181,18 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
     // ids, whose loads overlap this batch's math (E4B sliding layer at 1k: 12.6 -> 11.5 us). D = 512 keeps V
     // after the scores: early it takes 254 registers and measured no faster.
     __nv_bfloat162 kv[KB][NI], vv[KB][NI];
-    auto load_v = [&] {
+    auto load_rows = [&](__nv_bfloat162(&dst)[KB][NI], const bf16* cache) {  // the batch's K or V rows
 #pragma unroll
       for (int j = 0; j < KB; j++)
 #pragma unroll
         for (int c = 0; c < NI; c++) {
           const int d = 2 * lane + 64 * c;
-          vv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.vc + off[j] + d)
-                                       : __floats2bfloat162_rn(0.f, 0.f);
+          dst[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(cache + off[j] + d)
+                                        : __floats2bfloat162_rn(0.f, 0.f);
         }
     };
-#pragma unroll
-    for (int j = 0; j < KB; j++)
-#pragma unroll
-      for (int c = 0; c < NI; c++) {
-        const int d = 2 * lane + 64 * c;
-        kv[j][c] = (vis[j] && d < D) ? *reinterpret_cast<const __nv_bfloat162*>(p.kc + off[j] + d)
-                                     : __floats2bfloat162_rn(0.f, 0.f);
-      }
-    if constexpr (kEarlyV) load_v();
+    load_rows(kv, p.kc);
+    if constexpr (kEarlyV) load_rows(vv, p.vc);
     lookup(k0 + 4 * KB, slot, page, v);
     float sc[KB][GB];
 #pragma unroll
@@ -217,7 +210,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
         for (int o = 16; o > 0; o >>= 1) dsum += __shfl_xor_sync(0xffffffffu, dsum, o);
         sc[j][g] = vis[j] ? dsum : -INFINITY;  // attention scale 1.0
       }
-    if constexpr (!kEarlyV) load_v();
+    if constexpr (!kEarlyV) load_rows(vv, p.vc);
 #pragma unroll
     for (int g = 0; g < GB; g++) {
       float mx = m[g];
