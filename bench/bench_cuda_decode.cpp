@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -207,8 +208,22 @@ std::vector<Point> run_model(Backend& be, nlohmann::json cfg, int layers, const 
       Point p;
       p.ms = median_ms(iters, be, [&] { model.forward(fb, kv); });
       {
+#ifdef MTP_TIMELINE
+        timeline_clear_names();
+#endif
         TargetGraphs graphs(model, kv, pad, ctx + 1, B);
         p.graph_ms = median_ms(iters, be, [&] { graphs.forward(fb); });
+#ifdef MTP_TIMELINE
+        if (const char* f = std::getenv("MTP_TIMELINE_OUT")) {
+          timeline_begin();
+          graphs.forward(fb);
+          be.synchronize();
+          if (FILE* o = std::fopen(f, "w")) {
+            timeline_dump(o);
+            std::fclose(o);
+          }
+        }
+#endif
       }
       const double E = c.num_experts, k = c.top_k_experts;
       const double touched = c.enable_moe_block ? E * (1 - std::pow((E - k) / E, B)) : 0;
@@ -287,6 +302,7 @@ int main(int argc, char** argv) {
 }
 #else
 #include <cstdio>
+#include <cstdlib>
 int main() {
   std::printf("bench_cuda_decode: built without CUDA\n");
   return 0;

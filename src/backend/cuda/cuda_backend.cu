@@ -2,6 +2,7 @@
 // every op of the contract to its family's launcher (norm.cu, linear.cu, rope.cu, attention.cu, moe.cu,
 // sampling.cu). All work runs in order on one stream owned by the backend.
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -545,6 +546,50 @@ void cuda_set_linear_path(Backend& be, CudaLinearPath path, int gemv_max_m) {
   c.linear_path = path == CudaLinearPath::Auto ? 0 : path == CudaLinearPath::Gemv ? 1 : 2;
   if (gemv_max_m >= 0) c.gemv_max_m = gemv_max_m;
 }
+#ifdef MTP_TIMELINE
+// The timeline's buffers (timeline.cuh), set in every translation unit.
+static cuda::TlRec* g_tl_rec = nullptr;
+static unsigned* g_tl_count = nullptr;
+void timeline_clear_names() { cuda::tl_names().clear(); }
+void timeline_begin() {
+  if (!g_tl_rec) {
+    CUDA_OK(cudaMalloc(&g_tl_rec, sizeof(cuda::TlRec) * cuda::kTlMax), "timeline");
+    CUDA_OK(cudaMalloc(&g_tl_count, sizeof(unsigned)), "timeline");
+  }
+  CUDA_OK(cudaMemset(g_tl_count, 0, sizeof(unsigned)), "timeline");
+  for (auto set : cuda::tl_setters()) set(g_tl_rec, g_tl_count);
+  CUDA_OK(cudaDeviceSynchronize(), "timeline");
+}
+// One line per kernel of the recorded run in grid order, named by the last names recorded since
+// timeline_clear_names: index, name, running and released times (us from the first release).
+void timeline_dump(FILE* f) {
+  CUDA_OK(cudaDeviceSynchronize(), "timeline");
+  for (auto set : cuda::tl_setters()) set(nullptr, nullptr);  // stop recording
+  unsigned n = 0;
+  CUDA_OK(cudaMemcpy(&n, g_tl_count, sizeof n, cudaMemcpyDeviceToHost), "timeline");
+  n = std::min(n, cuda::kTlMax);
+  std::vector<cuda::TlRec> r(n);
+  CUDA_OK(cudaMemcpy(r.data(), g_tl_rec, sizeof(cuda::TlRec) * n, cudaMemcpyDeviceToHost), "timeline");
+  std::map<unsigned long long, std::array<double, 2>> grids;  // grid -> {running, released} ns, -1: none
+  for (const auto& e : r) {
+    auto it = grids.try_emplace(e.grid, std::array<double, 2>{-1.0, -1.0}).first;
+    it->second[e.t & 1] = double(e.t >> 1);
+  }
+  const auto& names = cuda::tl_names();
+  std::fprintf(f, "# %zu kernels recorded, %zu names\n", grids.size(), names.size());
+  double t0 = -1;
+  for (auto& [id, g] : grids)
+    if (g[1] >= 0 && (t0 < 0 || g[1] < t0)) t0 = g[1];
+  const size_t skip = names.size() > grids.size() ? names.size() - grids.size() : 0;
+  size_t i = 0;
+  for (auto& [id, g] : grids) {
+    const char* nm = skip + i < names.size() ? names[skip + i] : "?";
+    std::fprintf(f, "%zu\t%s\t%.3f\t%.3f\n", i, nm, (g[0] - t0) / 1e3, (g[1] - t0) / 1e3);
+    i++;
+  }
+}
+#endif
+
 void cuda_fill_random(Backend& be, Tensor t, uint64_t seed, float mean, float std, bool normal) {
   cuda::fill_random(as_cuda(be).ctx(), t, seed, mean, std, normal);
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 
 #include "backend/backend.h"
@@ -29,5 +30,13 @@ void* cuda_stream(Backend& be);
 
 // Bytes currently held by the caching allocator (in use + cached).
 size_t cuda_allocator_bytes(Backend& be);
+
+#ifdef MTP_TIMELINE
+// The in-graph kernel timeline (timeline.cuh): forget the recorded launch names (before capturing the graph
+// to record); start recording (allocates once, clears); write one line per recorded kernel.
+void timeline_clear_names();
+void timeline_begin();
+void timeline_dump(std::FILE* f);
+#endif
 
 }  // namespace mtpserve

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "backend/backend.h"
+#include "backend/cuda/timeline.cuh"
 
 namespace mtpserve::cuda {
 
@@ -79,6 +80,7 @@ struct Ctx {
 // kernel never completes before its predecessor and the waits chain. MTP_PDL=0 launches without the
 // attribute.
 __device__ __forceinline__ void pdl_trigger() {
+  MTP_TL(0);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -87,6 +89,7 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+  MTP_TL(1);
 }
 __device__ __forceinline__ void pdl_begin() {
   pdl_trigger();
@@ -109,6 +112,9 @@ void launch(cudaStream_t stream, const char* op, void (*kernel)(KArgs...), dim3 
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
+#ifdef MTP_TIMELINE
+  tl_names().push_back(op);
+#endif
   CUDA_OK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), op);
 }
 template <typename... KArgs, typename... Args>
