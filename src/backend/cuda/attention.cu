@@ -1,7 +1,7 @@
 // Paged attention and the KV-cache write (backend.h AttnMeta semantics).
 //
 // attention: one CTA per (query row, KV head, block of up to GB query heads of that KV head, KV split). The
-// four warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads,
+// eight warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads,
 // coalesced 128-byte rows per warp), q for the GB heads stays in registers, scores are warp all-reductions,
 // and each warp keeps its own online-softmax state (m, l, acc) in fp32. The warps merge through shared
 // memory; with one split the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that a merge kernel
@@ -59,7 +59,8 @@ __device__ float block_reduce(float v, float* red) {
 
 // Merge the nsplit partials (acc, m, l) of one (row, head) into out[D], by the whole block: the splits'
 // rescale weights exp(m_c - M) once into shared memory w[nsplit], then each thread sums its dims over the
-// splits with independent loads.
+// splits, 16 independent loads at a time (8 left a row split 33 ways at D = 512 five dependent steps per
+// dim: 9 us).
 __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const float* ml, int nsplit, int D,
                                              float* w, float* red, bool& has_keys) {
   float m = -INFINITY;
@@ -67,7 +68,7 @@ __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const 
     if (ml[2 * c + 1] > 0.f) m = fmaxf(m, ml[2 * c]);
   const float M = block_reduce<true>(m, red);
   float l = 0.f;
-  const int padded = (nsplit + 7) / 8 * 8;
+  const int padded = (nsplit + 15) / 16 * 16;
   for (int c = threadIdx.x; c < padded; c += blockDim.x) {
     const float wc = c < nsplit && ml[2 * c + 1] > 0.f ? __expf(ml[2 * c] - M) : 0.f;
     w[c] = wc;
@@ -76,7 +77,7 @@ __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const 
   const float L = block_reduce<false>(l, red);  // its barriers also publish w
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float A = 0.f;
-#pragma unroll 8
+#pragma unroll 16
     for (int c = 0; c < nsplit; c++) A += acc[int64_t(c) * D + d] * w[c];
     out[d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
   }
@@ -84,8 +85,12 @@ __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const 
   __syncthreads();  // w and red are reused by the next call
 }
 
+// Warps per CTA: 8 when the grid has at most one CTA per SM (batch-1 decode: a 32-key chunk is one batch of
+// each warp), else 4 (more CTAs per SM; the 8-warp CTA's registers fit one per SM). Launch bounds: 8.
+constexpr int kAttnThreads = 256;
+
 template <int NI, int GB>
-__global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) {
   pdl_trigger();
   constexpr int KB = 4;              // keys per warp batch
   constexpr bool kEarlyV = NI <= 4;  // V loaded with K (see below)
@@ -101,10 +106,13 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   const int qp = p.pos[r], prefix = p.prefix[s];
   const int lo = p.window > 0 ? max(0, qp - p.window + 1) : 0;
   const int hi = min(prefix, qp + 1);
-  // Splits tile [lo, hi) from lo: a windowed layer needs only ceil(window / chunk) of them.
+  // Splits tile [lo, hi) from lo: a windowed layer needs only ceil(window / chunk) of them. The block's keys
+  // go to the last split with committed keys, which is the one not full (a decode row's new key then makes
+  // a whole chunk instead of a second pass of one warp in split 0).
   const int a = lo + split * p.chunk, b = min(hi, lo + (split + 1) * p.chunk);
   const int np = max(0, b - a);
-  const int nb = (split == 0 && p.block_keys) ? nq : 0;
+  const int last = hi > lo ? (hi - lo - 1) / p.chunk : 0;
+  const int nb = (split == last && p.block_keys) ? nq : 0;
   const int nkeys = np + nb;
 
   // Keys of batch k0 of this warp: slot, page id, visibility. Every slot of a key kk < nkeys lies inside the
@@ -161,7 +169,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
   }
 
   const int64_t row_stride = int64_t(p.kvh) * D;
-  for (int k0 = warp * KB; k0 < nkeys; k0 += 4 * KB) {
+  const int nw = blockDim.x >> 5;  // 4 or 8
+  for (int k0 = warp * KB; k0 < nkeys; k0 += nw * KB) {
     int64_t off[KB];
     bool vis[KB];
 #pragma unroll
@@ -193,7 +202,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
     };
     load_rows(kv, p.kc);
     if constexpr (kEarlyV) load_rows(vv, p.vc);
-    lookup(k0 + 4 * KB, slot, page, v);
+    lookup(k0 + nw * KB, slot, page, v);
     float sc[KB][GB];
 #pragma unroll
     for (int j = 0; j < KB; j++)
@@ -239,63 +248,101 @@ __global__ void __launch_bounds__(128) attn_kernel(const AttnParams p) {
     }
   }
 
-  // Merge the four warps in warp order.
+  // Merge the warps in a fixed order: with 8, warp w + 4 into warp w in registers; then warps 0-3 through
+  // shared memory with each head's rescale factors computed once (not per element: the per-element exp and
+  // max walked the block's 1-2k outputs in dependent steps, 3 us of an E4B sliding layer's attention).
   constexpr int DW = NI * 64;
   __shared__ float sm_acc[4][GB][DW];
-  __shared__ float sm_m[4][GB], sm_l[4][GB];
+  __shared__ float sm_m[4][GB], sm_l[4][GB], sm_f[4][GB], sm_M[GB], sm_L[GB];
+  auto publish = [&](int w) {
 #pragma unroll
-  for (int g = 0; g < GB; g++) {
+    for (int g = 0; g < GB; g++) {
 #pragma unroll
-    for (int c = 0; c < NI; c++) {
-      sm_acc[warp][g][2 * lane + 64 * c] = acc[g][c].x;
-      sm_acc[warp][g][2 * lane + 64 * c + 1] = acc[g][c].y;
+      for (int c = 0; c < NI; c++) {
+        sm_acc[w][g][2 * lane + 64 * c] = acc[g][c].x;
+        sm_acc[w][g][2 * lane + 64 * c + 1] = acc[g][c].y;
+      }
+      if (lane == 0) {
+        sm_m[w][g] = m[g];
+        sm_l[w][g] = l[g];
+      }
     }
-    if (lane == 0) {
-      sm_m[warp][g] = m[g];
-      sm_l[warp][g] = l[g];
+  };
+  if (nw == 8 && warp >= 4) publish(warp - 4);
+  __syncthreads();
+  if (nw == 8 && warp < 4) {
+#pragma unroll
+    for (int g = 0; g < GB; g++) {
+      const float m2 = sm_m[warp][g], l2 = sm_l[warp][g];
+      const float M = fmaxf(m[g], m2);
+      if (M == -INFINITY) continue;  // neither warp saw a visible key
+      const float f1 = m[g] == -INFINITY ? 0.f : __expf(m[g] - M);
+      const float f2 = m2 == -INFINITY ? 0.f : __expf(m2 - M);
+      m[g] = M;
+      l[g] = l[g] * f1 + l2 * f2;
+#pragma unroll
+      for (int c = 0; c < NI; c++) {
+        acc[g][c].x = acc[g][c].x * f1 + sm_acc[warp][g][2 * lane + 64 * c] * f2;
+        acc[g][c].y = acc[g][c].y * f1 + sm_acc[warp][g][2 * lane + 64 * c + 1] * f2;
+      }
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < nheads * D; idx += blockDim.x) {
-    const int g = idx / D, d = idx % D;
+  if (warp < 4) publish(warp);
+  __syncthreads();
+  if (threadIdx.x < GB) {
+    const int g = threadIdx.x;
     float M = -INFINITY;
 #pragma unroll
     for (int w = 0; w < 4; w++) M = fmaxf(M, sm_m[w][g]);
-    float L = 0.f, A = 0.f;
-    if (M != -INFINITY) {
+    float L = 0.f;
 #pragma unroll
-      for (int w = 0; w < 4; w++) {
-        const float f = sm_l[w][g] > 0.f ? __expf(sm_m[w][g] - M) : 0.f;
-        L += sm_l[w][g] * f;
-        A += sm_acc[w][g][d] * f;
-      }
+    for (int w = 0; w < 4; w++) {
+      const float f = M != -INFINITY && sm_l[w][g] > 0.f ? __expf(sm_m[w][g] - M) : 0.f;
+      sm_f[w][g] = f;
+      L += sm_l[w][g] * f;
     }
+    sm_M[g] = M;
+    sm_L[g] = L;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int g = 0; g < GB; g++) {
+    if (g >= nheads) break;
     const int h = h0 + g;
-    if (p.nsplit == 1) {
-      if (L > 0.f) {
-        p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(A / L);
+    const float L = sm_L[g];
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      float A = 0.f;
+#pragma unroll
+      for (int w = 0; w < 4; w++) A += sm_acc[w][g][d] * sm_f[w][g];
+      if (p.nsplit == 1) {
+        if (L > 0.f) {
+          p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(A / L);
+        } else {
+          p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(0.f);
+          if (d == 0 && h == 0) report_error(p.err, kErrNoKey, r, qp, 0);
+        }
       } else {
-        p.out[(int64_t(r) * p.nh + h) * D + d] = __float2bfloat16_rn(0.f);
-        if (d == 0 && h == 0) report_error(p.err, kErrNoKey, r, qp, 0);
-      }
-    } else {
-      const int64_t slot = (int64_t(r) * p.nh + h) * p.nsplit + split;
-      p.ws_acc[slot * D + d] = A;
-      if (d == 0) {
-        p.ws_ml[slot * 2] = M;
-        p.ws_ml[slot * 2 + 1] = L;
+        const int64_t slot = (int64_t(r) * p.nh + h) * p.nsplit + split;
+        p.ws_acc[slot * D + d] = A;
+        if (d == 0) {
+          p.ws_ml[slot * 2] = sm_M[g];
+          p.ws_ml[slot * 2 + 1] = L;
+        }
       }
     }
   }
 }
 
-// Merge the splits of one (row, head): the splits' rescale weights exp(m_c - M) are computed once into shared
-// memory, then each thread sums its dims over the splits with independent loads (no per-split branch), so a
-// batch-1 row split hundreds of ways merges in a few microseconds instead of walking the splits serially.
-__global__ void attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos,
-                                  int nh, int D, int nsplit, DevErr* err) {
+// Merge the splits of one (row, head) (merge_splits; max(256, D) threads, one dim each up to D = 512): the
+// splits' rescale weights exp(m_c - M) are computed once into shared memory, then each thread sums its dims
+// over the splits with independent loads (no per-split branch), so a batch-1 row split hundreds of ways
+// merges in a few microseconds instead of walking the splits serially.
+__global__ void __launch_bounds__(512)
+    attn_merge_kernel(bf16* out, const float* ws_acc, const float* ws_ml, const int32_t* pos, int nh, int D,
+                      int nsplit, DevErr* err) {
   pdl_begin();
-  extern __shared__ float wsh[];  // [nsplit rounded up to 8]: the unrolled loop may load 8 at a time
+  extern __shared__ float wsh[];  // [nsplit rounded up to 16]: the unrolled loop may load 16 at a time
   __shared__ float red[32];
   const int64_t rh = blockIdx.x;  // r * nh + h
   bool has_keys;
@@ -329,28 +376,28 @@ __global__ void kv_write_kernel(bf16* kc, bf16* vc, const bf16* k, const bf16* v
 }
 
 template <int NI, int GB>
-void launch_attn(const AttnParams& p, dim3 grid, cudaStream_t st) {
-  launch(st, "attn_kernel", attn_kernel<NI, GB>, dim3(grid), dim3(128), 0, p);
+void launch_attn(const AttnParams& p, dim3 grid, int threads, cudaStream_t st) {
+  launch(st, "attn_kernel", attn_kernel<NI, GB>, dim3(grid), dim3(unsigned(threads)), 0, p);
 }
 
 template <int NI>
-void launch_attn_ni(const AttnParams& p, int gb, dim3 grid, cudaStream_t st) {
+void launch_attn_ni(const AttnParams& p, int gb, dim3 grid, int threads, cudaStream_t st) {
   if constexpr (NI == 8) {
     if (gb == 1)
-      launch_attn<NI, 1>(p, grid, st);
+      launch_attn<NI, 1>(p, grid, threads, st);
     else if (gb == 2)
-      launch_attn<NI, 2>(p, grid, st);
+      launch_attn<NI, 2>(p, grid, threads, st);
     else
-      launch_attn<NI, 4>(p, grid, st);
+      launch_attn<NI, 4>(p, grid, threads, st);
   } else {
     if (gb == 1)
-      launch_attn<NI, 1>(p, grid, st);
+      launch_attn<NI, 1>(p, grid, threads, st);
     else if (gb == 2)
-      launch_attn<NI, 2>(p, grid, st);
+      launch_attn<NI, 2>(p, grid, threads, st);
     else if (gb == 4)
-      launch_attn<NI, 4>(p, grid, st);
+      launch_attn<NI, 4>(p, grid, threads, st);
     else
-      launch_attn<NI, 8>(p, grid, st);
+      launch_attn<NI, 8>(p, grid, threads, st);
   }
 }
 
@@ -420,11 +467,11 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
 
   // Split planning from the shape only (so that a CUDA graph stays valid for any context up to the page
   // table's width): the committed keys of a row span at most the table's slots, or the window. Chunks of
-  // 32 keys (8 per warp) and up, doubled while the grid exceeds 4 CTAs per SM: a decode row at batch 1 is
-  // spread over the whole GPU instead of a few CTAs looping over keys one dependent load after another.
-  // Blocks of several rows (verify) stop at 512 keys per CTA: a batch of them at long context keeps enough
-  // CTAs (E2B, batch 8 x 5 rows, ctx 8k: 12.3 -> 10.0 ms per verify step); one-row batches do not, their
-  // extra splits cost more in merging (decode at batch 32-64, ctx 8k: +3-6%).
+  // 32 keys (one batch of 4 per warp) and up, doubled while the grid exceeds 4 CTAs per SM: a decode row at
+  // batch 1 is spread over the whole GPU instead of a few CTAs looping over keys one dependent load after
+  // another. Blocks of several rows (verify) stop at 512 keys per CTA: a batch of them at long context keeps
+  // enough CTAs (E2B, batch 8 x 5 rows, ctx 8k: 12.3 -> 10.0 ms per verify step); one-row batches do not,
+  // their extra splits cost more in merging (decode at batch 32-64, ctx 8k: +3-6%).
   const int64_t max_slots = std::max<int64_t>(1, pt.pages.dim(1) * pt.page_size);
   const int64_t span = window > 0 ? std::min<int64_t>(max_slots, window) : max_slots;
   const int64_t ctas = T * kvh * hblocks;
@@ -434,6 +481,9 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
          ctas * ((span + chunk - 1) / chunk) > std::max<int64_t>(4 * c.num_sms, ctas))
     chunk *= 2;
   const int nsplit = int((span + chunk - 1) / chunk);
+  // 8 warps (one batch of keys each per 32-key chunk) while the grid has at most one CTA per SM; the
+  // 4-warp CTA where there are more (E4B batch 8: 256 CTAs of 8 warps are two waves, 5.31 -> 5.50 ms).
+  const int threads = ctas * nsplit <= c.num_sms ? kAttnThreads : kAttnThreads / 2;
   MTP_CHECK(T < (1LL << 31) && nsplit <= 12288 && kvh * hblocks < 65536, "cuda attention: grid too large");
 
   AttnParams p{};
@@ -471,23 +521,23 @@ void attention(Backend& be, Ctx& c, Tensor out, const Tensor& q, const Tensor& k
   dim3 grid(unsigned(T), unsigned(kvh * hblocks), unsigned(nsplit));
   switch (NI) {
     case 1:
-      launch_attn_ni<1>(p, gb, grid, c.stream);
+      launch_attn_ni<1>(p, gb, grid, threads, c.stream);
       break;
     case 2:
-      launch_attn_ni<2>(p, gb, grid, c.stream);
+      launch_attn_ni<2>(p, gb, grid, threads, c.stream);
       break;
     case 4:
-      launch_attn_ni<4>(p, gb, grid, c.stream);
+      launch_attn_ni<4>(p, gb, grid, threads, c.stream);
       break;
     default:
-      launch_attn_ni<8>(p, gb, grid, c.stream);
+      launch_attn_ni<8>(p, gb, grid, threads, c.stream);
       break;
   }
   check_launch("attention");
   if (nsplit > 1) {
-    launch(c.stream, "attn_merge_kernel", attn_merge_kernel, dim3(unsigned(T * nh)), dim3(256),
-           size_t((nsplit + 7) / 8 * 8) * sizeof(float), mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D),
-           nsplit, c.err);
+    launch(c.stream, "attn_merge_kernel", attn_merge_kernel, dim3(unsigned(T * nh)),
+           dim3(unsigned(std::max<int64_t>(256, D))), size_t((nsplit + 15) / 16 * 16) * sizeof(float),
+           mbf(out), p.ws_acc, p.ws_ml, p.pos, int(nh), int(D), nsplit, c.err);
     check_launch("attention (merge)");
   }
 }
