@@ -92,8 +92,7 @@ constexpr int kAttnThreads = 256;
 template <int NI, int GB>
 __global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) {
   pdl_trigger();
-  constexpr int KB = 4;              // keys per warp batch
-  constexpr bool kEarlyV = NI <= 4;  // V loaded with K (see below)
+  constexpr int KB = 4;  // keys per warp batch
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x;
   const int kh = blockIdx.y / p.hblocks, hb = blockIdx.y % p.hblocks, split = blockIdx.z;
@@ -187,8 +186,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) 
       off[j] = phys * row_stride + int64_t(kh) * D;
     }
     // K and V of the batch in one round trip (V before the score reductions), then the next batch's page
-    // ids, whose loads overlap this batch's math (E4B sliding layer at 1k: 12.6 -> 11.5 us). D = 512 keeps V
-    // after the scores: early it takes 254 registers and measured no faster.
+    // ids, whose loads overlap this batch's math (E4B sliding layer at 1k: 12.6 -> 11.5 us). At D = 512 too
+    // since the 8-warp CTA makes a 32-key chunk one batch per warp: E4B global layers 15.8 -> 14.5 us, 31B
+    // batch-1 decode 22.0 -> 21.8 ms (255 registers, no spills).
     __nv_bfloat162 kv[KB][NI], vv[KB][NI];
     auto load_rows = [&](__nv_bfloat162(&dst)[KB][NI], const bf16* cache) {  // the batch's K or V rows
 #pragma unroll
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) 
         }
     };
     load_rows(kv, p.kc);
-    if constexpr (kEarlyV) load_rows(vv, p.vc);
+    load_rows(vv, p.vc);
     lookup(k0 + nw * KB, slot, page, v);
     float sc[KB][GB];
 #pragma unroll
@@ -219,7 +219,6 @@ __global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) 
         for (int o = 16; o > 0; o >>= 1) dsum += __shfl_xor_sync(0xffffffffu, dsum, o);
         sc[j][g] = vis[j] ? dsum : -INFINITY;  // attention scale 1.0
       }
-    if constexpr (!kEarlyV) load_rows(vv, p.vc);
 #pragma unroll
     for (int g = 0; g < GB; g++) {
       float mx = m[g];
