@@ -86,11 +86,20 @@ __device__ __forceinline__ void merge_splits(bf16* out, const float* acc, const 
 }
 
 // Warps per CTA: 8 when the grid has at most one CTA per SM (batch-1 decode: a 32-key chunk is one batch of
-// each warp), else 4 (more CTAs per SM; the 8-warp CTA's registers fit one per SM). Launch bounds: 8.
+// each warp), else 4 (more CTAs per SM; the 8-warp CTA's registers fit one per SM).
 constexpr int kAttnThreads = 256;
+// Registers per thread, per (NI, GB), the most that spills nothing where it matters for CTAs per SM: the
+// 4-warp CTA of D <= 256 with up to 8 (head x 64-dim) register tiles runs 4 per SM at <= 128 (31B sliding:
+// at 145, batch-8 decode 25.5 -> 26.5 ms), with 16 tiles 3 per SM at <= 168 (E4B sliding: at 178, verify at
+// batch 8, K = 4-5, 320-384 CTAs, took two waves, 7.82 -> 8.38 ms); the largest take 255 (256 threads x 255
+// fit one CTA per SM).
+template <int NI, int GB>
+constexpr int kAttnMaxRegs = (NI >= 8 && GB >= 2) || NI* GB >= 32 ? 255
+                             : NI <= 4 && GB <= 4 && NI* GB <= 8  ? 128
+                                                                  : 168;
 
 template <int NI, int GB>
-__global__ void __launch_bounds__(kAttnThreads) attn_kernel(const AttnParams p) {
+__global__ void __maxnreg__((kAttnMaxRegs<NI, GB>)) attn_kernel(const AttnParams p) {
   pdl_trigger();
   constexpr int KB = 4;  // keys per warp batch
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
