@@ -302,7 +302,6 @@ int main(int argc, char** argv) {
 }
 #else
 #include <cstdio>
-#include <cstdlib>
 int main() {
   std::printf("bench_cuda_decode: built without CUDA\n");
   return 0;

@@ -1,15 +1,15 @@
 // Paged attention and the KV-cache write (backend.h AttnMeta semantics).
 //
 // attention: one CTA per (query row, KV head, block of up to GB query heads of that KV head, KV split). The
-// eight warps of a CTA take batches of KB keys in turn; a lane owns dims {2*lane + 64*i} (bf16x2 loads,
-// coalesced 128-byte rows per warp), q for the GB heads stays in registers, scores are warp all-reductions,
-// and each warp keeps its own online-softmax state (m, l, acc) in fp32. The warps merge through shared
-// memory; with one split the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that a merge kernel
-// combines in split order. Split boundaries are absolute slot indices (multiples of `chunk`), chunk chosen
-// from the shape only. Visible keys of row i of sequence s: prefix slots j in [lo, min(prefix, q_pos + 1))
-// with lo = q_pos - window + 1 when windowed (contiguous: prefix slot j has position j), plus, with
-// block_keys, block key b (slot prefix + b) when (tree mask ? tree[r, b] : b <= i) and its position is <=
-// q_pos and inside the window. Pages of slots outside the visible set (freed sliding pages, -1) are never
+// four or eight warps of a CTA (kAttnThreads) take batches of KB keys in turn; a lane owns dims {2*lane +
+// 64*i} (bf16x2 loads, coalesced 128-byte rows per warp), q for the GB heads stays in registers, scores are
+// warp all-reductions, and each warp keeps its own online-softmax state (m, l, acc) in fp32. The warps merge
+// through shared memory; with one split the CTA writes bf16 output, otherwise fp32 partials (acc, m, l) that
+// a merge kernel combines in split order. Split boundaries are absolute slot indices (multiples of `chunk`),
+// chunk chosen from the shape only. Visible keys of row i of sequence s: prefix slots j in [lo, min(prefix,
+// q_pos + 1)) with lo = q_pos - window + 1 when windowed (contiguous: prefix slot j has position j), plus,
+// with block_keys, block key b (slot prefix + b) when (tree mask ? tree[r, b] : b <= i) and its position is
+// <= q_pos and inside the window. Pages of slots outside the visible set (freed sliding pages, -1) are never
 // read.
 #include <algorithm>
 
