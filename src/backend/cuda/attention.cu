@@ -94,9 +94,9 @@ constexpr int kAttnThreads = 256;
 // batch 8, K = 4-5, 320-384 CTAs, took two waves, 7.82 -> 8.38 ms); the largest take 255 (256 threads x 255
 // fit one CTA per SM).
 template <int NI, int GB>
-constexpr int kAttnMaxRegs = (NI >= 8 && GB >= 2) || NI* GB >= 32 ? 255
-                             : NI <= 4 && GB <= 4 && NI* GB <= 8  ? 128
-                                                                  : 168;
+constexpr int kAttnMaxRegs = (NI >= 8 && GB >= 2) || (NI * GB) >= 32 ? 255
+                             : NI <= 4 && GB <= 4 && (NI * GB) <= 8  ? 128
+                                                                     : 168;
 
 template <int NI, int GB>
 __global__ void __maxnreg__((kAttnMaxRegs<NI, GB>)) attn_kernel(const AttnParams p) {
