@@ -117,7 +117,9 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   auto* kvm =
       c->add_option("--kv-memory", o->kv_memory, "KV cache memory, e.g. 512M or 2G (default: derived)");
-  c->add_option("--mem-fraction", o->mem_fraction, "fraction of free device memory for the KV cache")
+  c->add_option("--mem-fraction", o->mem_fraction,
+                "fraction of the device memory free after loading the weights to give the KV cache (CUDA: "
+                "leave room for activations and recorded graphs, e.g. 0.8)")
       ->check(CLI::Range(0.0, 1.0))
       ->excludes(kvm);
   c->add_option("--num-draft", o->num_draft, "MTP draft tokens per verify step")->check(CLI::Range(0, 16));
@@ -194,8 +196,9 @@ void add_serve_command(CLI::App& app) {
     double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print(stderr, "mtpserve serve: model {} ({}), loaded in {:.2f} s\n", server.model_name(),
                info.model_dir, load_s);
-    fmt::print(stderr, "  backend {}, vocab {}, context {} tokens, KV capacity {} tokens\n", info.backend,
-               info.vocab_size, info.max_model_len, info.kv_capacity_tokens);
+    fmt::print(stderr, "  backend {}, vocab {}, context {} tokens, KV capacity {} tokens ({:.1f} MiB)\n",
+               info.backend, info.vocab_size, info.max_model_len, info.kv_capacity_tokens,
+               double(info.kv_memory_bytes) / (1 << 20));
     if (info.assistant_dir.empty())
       fmt::print(stderr, "  speculation: off\n");
     else

@@ -74,6 +74,8 @@ class Backend {
     return alloc(dtype, shape);
   }
   virtual void synchronize() {}
+  // Bytes the backend could still allocate on its device (cached free blocks included); -1: unknown.
+  virtual int64_t free_memory() { return -1; }
 
   // --- elementwise and norms ---
   // out[T, H] = table[ids[t], :] * scale  (table [V, H]; the caller rounds scale as HF does)

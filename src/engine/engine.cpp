@@ -30,6 +30,19 @@
 #include "model/loader.h"
 
 namespace mtpserve {
+
+int64_t kv_budget_bytes(const EngineOptions& o, int64_t free_bytes) {
+  MTP_CHECK(o.kv_memory_bytes >= 0, "engine: kv_memory_bytes must be >= 0, got {}", o.kv_memory_bytes);
+  MTP_CHECK(o.mem_fraction >= 0 && o.mem_fraction <= 1, "engine: mem_fraction must be in [0, 1], got {}",
+            o.mem_fraction);
+  if (o.kv_memory_bytes > 0) return o.kv_memory_bytes;
+  if (o.mem_fraction == 0) return int64_t(512) << 20;
+  MTP_CHECK(free_bytes >= 0,
+            "engine: --mem-fraction {}: the backend cannot tell its free memory; give --kv-memory",
+            o.mem_fraction);
+  return int64_t(o.mem_fraction * double(free_bytes));
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -87,7 +100,8 @@ class EngineImpl final : public Engine {
     // KV pools from the memory budget. The sliding pool never needs more than, per running request, its
     // window plus a verify block (and page rounding), plus the step's token budget for prefill chunks: pages
     // behind the window are returned every step. The full pool gets the rest.
-    int64_t budget = o.kv_memory_bytes > 0 ? o.kv_memory_bytes : int64_t(512) << 20;
+    const int64_t budget =
+        kv_budget_bytes(o, o.kv_memory_bytes == 0 && o.mem_fraction > 0 ? be_->free_memory() : -1);
     int64_t full_tok = 0, slide_tok = 0;  // bytes per token slot in each pool
     for (const LayerSpec& s : c.layers)
       if (s.stores_kv)
@@ -108,6 +122,7 @@ class EngineImpl final : public Engine {
     info_.backend = be_->name();
     info_.vocab_size = c.vocab_size;
     info_.kv_capacity_tokens = int64_t(full_pages) * kPageSize;
+    info_.kv_memory_bytes = budget;
     int cap = int(std::min<int64_t>(info_.kv_capacity_tokens - kPageSize, c.max_position_embeddings));
     info_.max_model_len = o.max_model_len > 0 ? std::min(o.max_model_len, cap) : cap;
     info_.eos_token_ids = c.eos_token_ids;

@@ -21,8 +21,8 @@ struct EngineOptions {
   int max_waiting = 256;        // bounded waiting queue (submit fails beyond it)
   int max_batch_tokens = 2048;  // token budget of one step
   int prefill_chunk = 512;
-  int64_t kv_memory_bytes = 0;  // 0: derive from --mem-fraction or a default
-  double mem_fraction = 0.0;
+  int64_t kv_memory_bytes = 0;    // 0: mem_fraction of the free device memory, or 512 MiB without it
+  double mem_fraction = 0.0;      // (0, 1]: of the memory free after the weights are loaded
   int num_draft = 3;              // draft steps per verify (chain)
   int draft_topk = 1;             // >1: tree drafting
   int num_draft_tokens = 0;       // tree nodes (0: derived)
@@ -50,10 +50,15 @@ struct ModelInfo {
   std::string model_dir, assistant_dir, backend;
   int vocab_size = 0, max_model_len = 0;
   int64_t kv_capacity_tokens = 0;
+  int64_t kv_memory_bytes = 0;  // the KV budget the pools were sized from
   std::vector<int32_t> eos_token_ids;
   int bos_token_id = 2;
   bool graphs = false;  // decode/verify steps (and the draft loop) replay recorded graphs
 };
+
+// The KV cache's memory budget: kv_memory_bytes when given, else mem_fraction of free_bytes (the backend's
+// free memory once the weights are loaded; -1: unknown, an error), else 512 MiB. Throws Error on bad values.
+int64_t kv_budget_bytes(const EngineOptions& o, int64_t free_bytes);
 
 class Engine {
  public:

@@ -295,3 +295,47 @@ TEST(EngineRegressions, InvalidPromptsAreRejected) {
 
 }  // namespace
 }  // namespace mtpserve
+
+namespace mtpserve {
+namespace {
+
+// The KV budget: --kv-memory wins, then --mem-fraction of the free memory, else 512 MiB; bad values and an
+// unknown free memory are errors.
+TEST(EngineMemory, KvBudget) {
+  EngineOptions o;
+  EXPECT_EQ(kv_budget_bytes(o, -1), int64_t(512) << 20);
+  o.mem_fraction = 0.25;
+  EXPECT_EQ(kv_budget_bytes(o, int64_t(8) << 30), int64_t(2) << 30);
+  EXPECT_THROW(kv_budget_bytes(o, -1), Error);
+  o.kv_memory_bytes = 3 << 20;
+  EXPECT_EQ(kv_budget_bytes(o, int64_t(8) << 30), 3 << 20);
+  o.kv_memory_bytes = 0;
+  o.mem_fraction = 1.5;
+  EXPECT_THROW(kv_budget_bytes(o, int64_t(8) << 30), Error);
+}
+
+// --mem-fraction sizes the KV pools from the backend's free memory (the CPU backend: MemAvailable), so a
+// larger fraction gives a larger cache.
+TEST(EngineMemory, MemFractionSizesTheKvCache) {
+  auto be = make_cpu_backend();
+  const int64_t free0 = be->free_memory();
+  ASSERT_GT(free0, 0) << "MemAvailable missing from /proc/meminfo";
+  std::vector<int64_t> budget, cap;
+  for (double f : {0.001, 0.004}) {
+    EngineOptions o;
+    o.model_dir = src("models/tiny-gemma4");
+    o.backend = "cpu";
+    o.max_running = 2;
+    o.mem_fraction = f;
+    auto e = Engine::create(o);
+    budget.push_back(e->info().kv_memory_bytes);
+    cap.push_back(e->info().kv_capacity_tokens);
+    // Within a factor of two of the fraction of what was free before (other processes move it a little).
+    EXPECT_GT(budget.back(), int64_t(f * double(free0) / 2)) << "fraction " << f;
+    EXPECT_LT(budget.back(), int64_t(f * double(free0) * 2)) << "fraction " << f;
+  }
+  EXPECT_GT(cap[1], 2 * cap[0]) << "4x the fraction should give well over 2x the full-attention pool";
+}
+
+}  // namespace
+}  // namespace mtpserve

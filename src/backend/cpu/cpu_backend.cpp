@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <numeric>
 #include <vector>
 
@@ -55,6 +56,16 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::CPU; }
   DType act_dtype() const override { return DType::F32; }
+  // MemAvailable of /proc/meminfo (Linux); -1 elsewhere.
+  int64_t free_memory() override {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    int64_t kb = 0;
+    std::string unit;
+    while (f >> key >> kb >> unit)
+      if (key == "MemAvailable:") return kb * 1024;
+    return -1;
+  }
 
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor t(nullptr, dtype, shape);

@@ -44,6 +44,11 @@ struct Pool {
     size_t step = std::max<size_t>(4096, p / 8);        // <= 12.5% waste
     return (n + step - 1) / step * step;
   }
+  size_t cached_locked() const {
+    size_t n = 0;
+    for (const auto& [b, v] : free_lists) n += b * v.size();
+    return n;
+  }
   void empty_cache_locked() {
     for (auto& [b, v] : free_lists)
       for (void* p : v) {
@@ -211,6 +216,12 @@ class CudaBackend final : public Backend {
   DType act_dtype() const override { return DType::BF16; }
   Ctx& ctx() { return ctx_; }
   size_t held() const { return pool_->held; }
+  int64_t free_memory() override {
+    size_t free = 0, total = 0;
+    CUDA_OK(cudaMemGetInfo(&free, &total), "free_memory");
+    std::lock_guard<std::mutex> g(pool_->mu);
+    return int64_t(free + pool_->cached_locked());
+  }
 
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override {
     Tensor t(nullptr, dtype, shape, Device::CUDA);
