@@ -199,6 +199,9 @@ void add_serve_command(CLI::App& app) {
     fmt::print(stderr, "  backend {}, vocab {}, context {} tokens, KV capacity {} tokens ({:.1f} MiB)\n",
                info.backend, info.vocab_size, info.max_model_len, info.kv_capacity_tokens,
                double(info.kv_memory_bytes) / (1 << 20));
+    if (info.graphs)
+      fmt::print(stderr, "  graphs: {} recorded at startup in {:.2f} s\n", info.graph_count,
+                 info.graph_warmup_s);
     if (info.assistant_dir.empty())
       fmt::print(stderr, "  speculation: off\n");
     else

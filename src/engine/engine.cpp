@@ -137,6 +137,7 @@ class EngineImpl final : public Engine {
       if (assistant_)
         dgraphs_ = std::make_unique<DraftGraphs>(*assistant_, *target_, kv_->storage(), kv_->pad_pages(),
                                                  max_len, o.max_running);
+      if (o.warm_graphs) warm_graphs();
     }
     worker_ = std::thread([this] { loop(); });
   }
@@ -251,6 +252,31 @@ class EngineImpl final : public Engine {
     int t = opts_.draft_topk, most = t + (k - 1) * t * t;
     int n = opts_.num_draft_tokens > 0 ? opts_.num_draft_tokens - 1 : k * t;
     return std::min(n, most);
+  }
+  // Records the steady-state graphs of every batch bucket up to max_running (decode, verify of the default
+  // draft length, the draft loop) before serving: their activation memory is then taken at startup, where
+  // running out is an error with advice, and not by the first batch of some size while serving.
+  void warm_graphs() {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int n = opts_.max_running, k = opts_.num_draft;
+    const bool spec = assistant_ && k > 0, tree = opts_.draft_topk > 1;
+    try {
+      for (int s = 1; s <= n;) {
+        const int b = graph_bucket(s), seqs = std::min(b, n);
+        tgraphs_->warm(seqs, 1, false);
+        if (spec) tgraphs_->warm(seqs, max_block(), tree);
+        if (spec && !tree) dgraphs_->warm(seqs, k);
+        s = b + 1;
+      }
+    } catch (const Error& e) {
+      fail(
+          "engine: recording the step graphs for up to {} sequences failed ({}); give the KV cache less "
+          "memory "
+          "(--kv-memory / --mem-fraction), lower --max-running, or use --graphs off",
+          n, e.what());
+    }
+    info_.graph_count = tgraphs_->graphs() + (dgraphs_ ? dgraphs_->graphs() : 0);
+    info_.graph_warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   int max_block() const { return 1 + (opts_.draft_topk > 1 ? tree_nodes(opts_.num_draft) : opts_.num_draft); }
 

@@ -29,6 +29,7 @@ struct EngineOptions {
   int query_pos_offset = 1;       // assistant query position: committed_len - 1 + offset
   int max_model_len = 0;          // 0: the model's max_position_embeddings (capped by KV capacity)
   bool check_invariants = false;  // run the KV pool checker after every step (tests)
+  bool warm_graphs = true;        // with graphs: record every batch bucket's graphs at startup
   // Decode/verify steps and the chain draft loop through recorded graphs: "auto" where the backend has
   // device graphs (CUDA), "on" everywhere (the CPU replays the recorded code: for tests), "off".
   std::string graphs = "auto";
@@ -54,6 +55,8 @@ struct ModelInfo {
   std::vector<int32_t> eos_token_ids;
   int bos_token_id = 2;
   bool graphs = false;  // decode/verify steps (and the draft loop) replay recorded graphs
+  int graph_count = 0;  // graphs recorded at startup (EngineOptions::warm_graphs)
+  double graph_warmup_s = 0;
 };
 
 // The KV cache's memory budget: kv_memory_bytes when given, else mem_fraction of free_bytes (the backend's

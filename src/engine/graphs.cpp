@@ -91,6 +91,23 @@ ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
   return bk.out;
 }
 
+void TargetGraphs::warm(int seqs, int q_len, bool tree) {
+  MTP_ASSERT(seqs > 0 && seqs <= pad_.max_seqs && q_len > 0 && q_len <= kPageSize);
+  ForwardBatch b;  // every sequence a padding one: rows at slots 0..q_len-1 of the pad page
+  for (int s = 0; s < seqs; s++) {
+    for (int i = 0; i < q_len; i++) {
+      b.tokens.push_back(0);
+      b.positions.push_back(i);
+      b.output_rows.push_back(s * q_len + i);
+      if (tree)
+        for (int j = 0; j < q_len; j++) b.tree_mask.push_back(j <= i);
+    }
+    b.seqs.push_back({q_len, 0, &pad_.full, &pad_.sliding});
+  }
+  if (tree) b.tree_max_q = q_len;
+  forward(b);
+}
+
 DraftGraphs::DraftGraphs(const Gemma4Assistant& a, const Gemma4Model& target, KvStorage& kv, PadPages pad,
                          int max_len, int max_seqs)
     : a_(a), target_(target), kv_(kv), pad_(target, kv, pad, max_len, max_seqs) {}
@@ -113,6 +130,19 @@ void DraftGraphs::record(Bucket& bk, int k) {
     m.tokens = next;
     h = o.hidden;
   }
+}
+
+void DraftGraphs::warm(int seqs, int k) {
+  MTP_ASSERT(seqs > 0 && seqs <= pad_.max_seqs && k > 0);
+  Backend& be = target_.backend();
+  DraftRows rows;  // padding rows: one committed slot (slot 0 of the pad page)
+  for (int s = 0; s < seqs; s++) {
+    rows.tokens.push_back(0);
+    rows.seqs.push_back({1, 1, &pad_.full, &pad_.sliding});
+  }
+  Tensor h0 = be.alloc(be.act_dtype(), {seqs, target_.config().hidden_size});
+  be.fill_zero(h0);
+  draft(rows, h0, k);
 }
 
 std::vector<int32_t> DraftGraphs::draft(const DraftRows& rows, const Tensor& h0, int k) {

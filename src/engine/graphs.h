@@ -36,6 +36,9 @@ class TargetGraphs {
   // Same result as Gemma4Model::forward(b, kv) for the batch's rows (the outputs have the bucket's rows; the
   // first T are the batch's). The tensors stay valid until the next call.
   ForwardOutput forward(const ForwardBatch& b);
+  // Records the bucket of `seqs` sequences of q_len rows (a tree mask: `tree`) now, on padding sequences, so
+  // that its memory is taken at startup rather than by the first batch of that size.
+  void warm(int seqs, int q_len, bool tree);
   int graphs() const { return int(buckets_.size()); }
 
  private:
@@ -63,6 +66,8 @@ class DraftGraphs {
   // k greedy draft steps for every row from its input token and recurrent state h0 [S, Hb] (act dtype, on
   // the device). Returns the drafts, [k][S] row-major.
   std::vector<int32_t> draft(const DraftRows& rows, const Tensor& h0, int k);
+  // Records the k-step loop for `seqs` rows now, on padding sequences (see TargetGraphs::warm).
+  void warm(int seqs, int k);
   int graphs() const { return int(buckets_.size()); }
 
  private:

@@ -299,6 +299,36 @@ TEST(EngineRegressions, InvalidPromptsAreRejected) {
 namespace mtpserve {
 namespace {
 
+// With graphs, the engine records every batch bucket up to max_running at startup (decode, verify of the
+// default draft length, the chain draft loop; a tree has no draft-loop graph), and still serves exactly.
+TEST(EngineGraphs, WarmupRecordsEveryBucket) {
+  struct Case {
+    int max_running, topk;
+    bool warm;
+    int graphs;
+  };
+  // buckets 1, 2, 4, 8 (max_running 8) and 1, 2, 4, 8, 16 with 16 clipped to 10 sequences (max_running 10)
+  const auto req = greedy_req("a", {2, 17, 40, 99, 7}, 12);
+  EngineOptions ro = tiny_opts(3);
+  ro.graphs = "off";
+  const auto ref = run_all(*Engine::create(ro), {req});
+  for (const Case& c :
+       std::vector<Case>{{8, 1, true, 12}, {10, 1, true, 15}, {8, 2, true, 8}, {8, 1, false, 0}}) {
+    SCOPED_TRACE(testing::Message() << "max_running " << c.max_running << " topk " << c.topk);
+    EngineOptions o = tiny_opts(3);
+    o.graphs = "on";
+    o.max_running = c.max_running;
+    o.draft_topk = c.topk;
+    o.warm_graphs = c.warm;
+    auto e = Engine::create(o);
+    EXPECT_EQ(e->info().graph_count, c.graphs);
+    EXPECT_EQ(e->info().graph_warmup_s > 0.0, c.warm);
+    auto out = run_all(*e, {req});
+    EXPECT_EQ(out[0].tokens, ref[0].tokens);
+    EXPECT_EQ(out[0].finish, ref[0].finish);
+  }
+}
+
 // The KV budget: --kv-memory wins, then --mem-fraction of the free memory, else 512 MiB; bad values and an
 // unknown free memory are errors.
 TEST(EngineMemory, KvBudget) {
