@@ -97,25 +97,11 @@ class EngineImpl final : public Engine {
     if (!o.assistant_dir.empty())
       assistant_ = load_assistant(o.assistant_dir, *target_, o.query_pos_offset, lo);
     const TextConfig& c = target_->config();
-    // KV pools from the memory budget. The sliding pool never needs more than, per running request, its
-    // window plus a verify block (and page rounding), plus the step's token budget for prefill chunks: pages
-    // behind the window are returned every step. The full pool gets the rest.
     const int64_t budget =
         kv_budget_bytes(o, o.kv_memory_bytes == 0 && o.mem_fraction > 0 ? be_->free_memory() : -1);
-    int64_t full_tok = 0, slide_tok = 0;  // bytes per token slot in each pool
-    for (const LayerSpec& s : c.layers)
-      if (s.stores_kv)
-        (s.type == LayerType::Full ? full_tok : slide_tok) +=
-            2 * int64_t(s.num_kv_heads) * s.head_dim * int64_t(dtype_size(be_->act_dtype()));
-    int per_req = (c.sliding_window + max_block() + kPageSize - 1) / kPageSize + 2;
-    int slide_pages =
-        slide_tok > 0 ? o.max_running * per_req + o.max_batch_tokens / kPageSize + o.max_running : 1;
-    int64_t left = budget - int64_t(slide_pages) * kPageSize * slide_tok;
-    MTP_CHECK(left > 0, "engine: KV memory {} bytes is too small for the sliding-window pool of {} requests",
-              budget, o.max_running);
-    int full_pages = full_tok > 0 ? int(std::min<int64_t>(left / (kPageSize * full_tok), 1 << 22)) : 1;
-    MTP_CHECK(full_pages >= 4, "engine: KV memory {} bytes leaves only {} full-attention pages", budget,
-              full_pages);
+    const KvPoolPages pages =
+        kv_pool_pages(c, be_->act_dtype(), budget, o.max_running, o.max_batch_tokens, max_block());
+    const int full_pages = pages.full, slide_pages = pages.sliding;
     kv_ = std::make_unique<KvCache>(*target_, full_pages, slide_pages);
     info_.model_dir = o.model_dir;
     info_.assistant_dir = o.assistant_dir;
@@ -253,27 +239,18 @@ class EngineImpl final : public Engine {
     int n = opts_.num_draft_tokens > 0 ? opts_.num_draft_tokens - 1 : k * t;
     return std::min(n, most);
   }
-  // Records the steady-state graphs of every batch bucket up to max_running (decode, verify of the default
-  // draft length, the draft loop) before serving: their activation memory is then taken at startup, where
-  // running out is an error with advice, and not by the first batch of some size while serving.
+  // The step graphs of every batch size, recorded before serving (warm_step_graphs).
   void warm_graphs() {
     const auto t0 = std::chrono::steady_clock::now();
-    const int n = opts_.max_running, k = opts_.num_draft;
-    const bool spec = assistant_ && k > 0, tree = opts_.draft_topk > 1;
+    const int k = assistant_ ? opts_.num_draft : 0;
     try {
-      for (int s = 1; s <= n;) {
-        const int b = graph_bucket(s), seqs = std::min(b, n);
-        tgraphs_->warm(seqs, 1, false);
-        if (spec) tgraphs_->warm(seqs, max_block(), tree);
-        if (spec && !tree) dgraphs_->warm(seqs, k);
-        s = b + 1;
-      }
+      warm_step_graphs(*tgraphs_, dgraphs_.get(), opts_.max_running, k, opts_.draft_topk > 1, max_block());
     } catch (const Error& e) {
       fail(
           "engine: recording the step graphs for up to {} sequences failed ({}); give the KV cache less "
           "memory "
           "(--kv-memory / --mem-fraction), lower --max-running, or use --graphs off",
-          n, e.what());
+          opts_.max_running, e.what());
     }
     info_.graph_count = tgraphs_->graphs() + (dgraphs_ ? dgraphs_->graphs() : 0);
     info_.graph_warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

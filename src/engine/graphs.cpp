@@ -1,5 +1,7 @@
 #include "engine/graphs.h"
 
+#include <algorithm>
+
 namespace mtpserve {
 
 int graph_bucket(int n) {
@@ -106,6 +108,16 @@ void TargetGraphs::warm(int seqs, int q_len, bool tree) {
   }
   if (tree) b.tree_max_q = q_len;
   forward(b);
+}
+
+void warm_step_graphs(TargetGraphs& t, DraftGraphs* d, int max_seqs, int k, bool tree, int verify_rows) {
+  for (int s = 1; s <= max_seqs;) {
+    const int b = graph_bucket(s), seqs = std::min(b, max_seqs);
+    t.warm(seqs, 1, false);
+    if (k > 0) t.warm(seqs, verify_rows, tree);
+    if (k > 0 && !tree && d) d->warm(seqs, k);
+    s = b + 1;
+  }
 }
 
 DraftGraphs::DraftGraphs(const Gemma4Assistant& a, const Gemma4Model& target, KvStorage& kv, PadPages pad,

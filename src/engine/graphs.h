@@ -87,4 +87,10 @@ class DraftGraphs {
   std::map<std::pair<int, int>, Bucket> buckets_;  // (sequences, k)
 };
 
+// Records the graphs of every batch bucket up to max_seqs sequences on padding sequences: decode, and with
+// k > 0 draft steps the verify of `verify_rows` rows per sequence (a tree mask: `tree`) and, for a chain,
+// the draft loop. Their activation memory is then taken at startup, where running out is an error with
+// advice, and not by the first batch of some size while serving.
+void warm_step_graphs(TargetGraphs& t, DraftGraphs* d, int max_seqs, int k, bool tree, int verify_rows);
+
 }  // namespace mtpserve

@@ -1,6 +1,26 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
+
 namespace mtpserve {
+
+KvPoolPages kv_pool_pages(const TextConfig& c, DType act, int64_t budget, int max_running,
+                          int max_batch_tokens, int max_block) {
+  int64_t full_tok = 0, slide_tok = 0;  // bytes per token slot in each pool
+  for (const LayerSpec& s : c.layers)
+    if (s.stores_kv)
+      (s.type == LayerType::Full ? full_tok : slide_tok) +=
+          2 * int64_t(s.num_kv_heads) * s.head_dim * int64_t(dtype_size(act));
+  KvPoolPages p;
+  const int per_req = (c.sliding_window + max_block + kPageSize - 1) / kPageSize + 2;
+  p.sliding = slide_tok > 0 ? max_running * per_req + max_batch_tokens / kPageSize + max_running : 1;
+  const int64_t left = budget - int64_t(p.sliding) * kPageSize * slide_tok;
+  MTP_CHECK(left > 0, "engine: KV memory {} bytes is too small for the sliding-window pool of {} requests",
+            budget, max_running);
+  p.full = full_tok > 0 ? int(std::min<int64_t>(left / (kPageSize * full_tok), 1 << 22)) : 1;
+  MTP_CHECK(p.full >= 4, "engine: KV memory {} bytes leaves only {} full-attention pages", budget, p.full);
+  return p;
+}
 
 PagePool::PagePool(int n) : used_(size_t(n), 0) {
   MTP_ASSERT(n >= 0);

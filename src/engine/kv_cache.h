@@ -23,6 +23,16 @@ class PagePool {
   std::vector<uint8_t> used_;
 };
 
+// Pages of each pool for a KV memory budget of `budget` bytes. The sliding pool never needs more than, per
+// running request, its window plus a block of rows (`max_block`: a verify block) and page rounding, plus the
+// step's token budget for prefill chunks (pages behind the window are returned every step); the full pool
+// gets the rest. Throws Error when the budget cannot hold that.
+struct KvPoolPages {
+  int full = 0, sliding = 0;
+};
+KvPoolPages kv_pool_pages(const TextConfig& c, DType act, int64_t budget, int max_running,
+                          int max_batch_tokens, int max_block);
+
 // The page tables of one sequence. Logical page p covers slots [p*16, p*16+16).
 struct SeqPages {
   std::vector<int32_t> full, sliding;  // -1 in `sliding` = returned to the pool
