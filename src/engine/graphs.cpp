@@ -8,7 +8,10 @@ int graph_bucket(int n) {
   MTP_ASSERT(n > 0);
   int b = 1;
   while (b < n && b < 8) b *= 2;
-  while (b < n) b = (b + b / 2 + 7) / 8 * 8;  // 8, 16, 24, 40, 64, 96, ...
+  if (b >= n) return b;
+  if (n <= 64) return (n + 7) / 8 * 8;  // 16, 24, ..., 64
+  b = 64;
+  while (b < n) b = (b + b / 4 + 15) / 16 * 16;  // 80, 112, 144, 192, 240, ...
   return b;
 }
 

@@ -18,10 +18,10 @@ std::vector<float> host(Backend& be, const Tensor& t) {
   return v;
 }
 
-TEST(Graphs, BucketsOfOneTwoFourEightThenAboutOneAndAHalf) {
+TEST(Graphs, BucketsOfOneTwoFourEightThenEightsThenAboutOneAndAQuarter) {
   std::vector<int> got;
-  for (int n : {1, 2, 3, 5, 8, 9, 17, 25, 41, 65}) got.push_back(graph_bucket(n));
-  EXPECT_EQ(got, (std::vector<int>{1, 2, 4, 8, 8, 16, 24, 40, 64, 96}));
+  for (int n : {1, 2, 3, 5, 8, 9, 17, 25, 32, 41, 64, 65, 81, 200}) got.push_back(graph_bucket(n));
+  EXPECT_EQ(got, (std::vector<int>{1, 2, 4, 8, 8, 16, 24, 32, 32, 48, 64, 80, 112, 240}));
 }
 
 // Three sequences (bucket 4: one padding sequence) of prompt lengths spanning pages, verify blocks of 4 rows
