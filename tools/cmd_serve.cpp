@@ -125,8 +125,8 @@ void add_serve_command(CLI::App& app) {
   c->add_option("--num-draft", o->num_draft, "MTP draft tokens per verify step")->check(CLI::Range(0, 16));
   c->add_option(
        "--graphs", o->graphs,
-       "decode/verify steps and the draft loop from recorded graphs: auto (where the backend has device "
-       "graphs: CUDA), on, off")
+       "decode/verify steps and the draft loop from recorded graphs, recorded for every batch size up to "
+       "--max-running at startup: auto (where the backend has device graphs: CUDA), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   c->add_option("--draft-topk", o->draft_topk, "draft candidates per position (>1: tree drafting)")
       ->check(CLI::PositiveNumber);
