@@ -31,18 +31,6 @@
 
 namespace mtpserve {
 
-int64_t kv_budget_bytes(const EngineOptions& o, int64_t free_bytes) {
-  MTP_CHECK(o.kv_memory_bytes >= 0, "engine: kv_memory_bytes must be >= 0, got {}", o.kv_memory_bytes);
-  MTP_CHECK(o.mem_fraction >= 0 && o.mem_fraction <= 1, "engine: mem_fraction must be in [0, 1], got {}",
-            o.mem_fraction);
-  if (o.kv_memory_bytes > 0) return o.kv_memory_bytes;
-  if (o.mem_fraction == 0) return int64_t(512) << 20;
-  MTP_CHECK(free_bytes >= 0,
-            "engine: --mem-fraction {}: the backend cannot tell its free memory; give --kv-memory",
-            o.mem_fraction);
-  return int64_t(o.mem_fraction * double(free_bytes));
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -98,7 +86,8 @@ class EngineImpl final : public Engine {
       assistant_ = load_assistant(o.assistant_dir, *target_, o.query_pos_offset, lo);
     const TextConfig& c = target_->config();
     const int64_t budget =
-        kv_budget_bytes(o, o.kv_memory_bytes == 0 && o.mem_fraction > 0 ? be_->free_memory() : -1);
+        kv_budget_bytes(o.kv_memory_bytes, o.mem_fraction,
+                        o.kv_memory_bytes == 0 && o.mem_fraction > 0 ? be_->free_memory() : -1);
     const KvPoolPages pages =
         kv_pool_pages(c, be_->act_dtype(), budget, o.max_running, o.max_batch_tokens, max_block());
     const int full_pages = pages.full, slide_pages = pages.sliding;

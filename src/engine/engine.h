@@ -59,10 +59,6 @@ struct ModelInfo {
   double graph_warmup_s = 0;
 };
 
-// The KV cache's memory budget: kv_memory_bytes when given, else mem_fraction of free_bytes (the backend's
-// free memory once the weights are loaded; -1: unknown, an error), else 512 MiB. Throws Error on bad values.
-int64_t kv_budget_bytes(const EngineOptions& o, int64_t free_bytes);
-
 class Engine {
  public:
   static std::unique_ptr<Engine> create(const EngineOptions& opts);  // loads models; throws Error

@@ -57,23 +57,27 @@ bool TargetGraphs::fits(const ForwardBatch& b) const {
   return b.tree_mask.empty() || b.tree_max_q == Q;
 }
 
+void TargetGraphs::add_padding(ForwardBatch& b, int seqs, int q_len, bool tree) const {
+  // Padding sequences: q_len rows each at slots 0..q_len-1 of the pad page, attending to their own rows only.
+  for (int s = int(b.seqs.size()); s < seqs; s++) {
+    for (int i = 0; i < q_len; i++) {
+      b.tokens.push_back(0);
+      b.positions.push_back(i);
+      b.output_rows.push_back(s * q_len + i);
+      if (tree)
+        for (int j = 0; j < q_len; j++) b.tree_mask.push_back(j <= i);
+    }
+    b.seqs.push_back({q_len, 0, &pad_.full, &pad_.sliding});
+  }
+}
+
 ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
   MTP_ASSERT(fits(b));
   Backend& be = m_.backend();
   const int S = int(b.seqs.size()), Q = b.seqs[0].q_len, Sb = graph_bucket(S), Tb = Sb * Q;
   const bool tree = !b.tree_mask.empty();
-  // Padding sequences: Q rows each at slots 0..Q-1 of the pad page, attending to their own rows only.
   ForwardBatch pb = b;
-  for (int s = S; s < Sb; s++) {
-    for (int i = 0; i < Q; i++) {
-      pb.tokens.push_back(0);
-      pb.positions.push_back(i);
-      pb.output_rows.push_back(s * Q + i);
-      if (tree)
-        for (int j = 0; j < Q; j++) pb.tree_mask.push_back(j <= i);
-    }
-    pb.seqs.push_back({Q, 0, &pad_.full, &pad_.sliding});
-  }
+  add_padding(pb, Sb, Q, tree);
   auto [it, fresh] = buckets_.try_emplace({Sb, Q, tree});
   Bucket& bk = it->second;
   if (fresh) {
@@ -98,17 +102,8 @@ ForwardOutput TargetGraphs::forward(const ForwardBatch& b) {
 
 void TargetGraphs::warm(int seqs, int q_len, bool tree) {
   MTP_ASSERT(seqs > 0 && seqs <= pad_.max_seqs && q_len > 0 && q_len <= kPageSize);
-  ForwardBatch b;  // every sequence a padding one: rows at slots 0..q_len-1 of the pad page
-  for (int s = 0; s < seqs; s++) {
-    for (int i = 0; i < q_len; i++) {
-      b.tokens.push_back(0);
-      b.positions.push_back(i);
-      b.output_rows.push_back(s * q_len + i);
-      if (tree)
-        for (int j = 0; j < q_len; j++) b.tree_mask.push_back(j <= i);
-    }
-    b.seqs.push_back({q_len, 0, &pad_.full, &pad_.sliding});
-  }
+  ForwardBatch b;  // every sequence a padding one
+  add_padding(b, seqs, q_len, tree);
   if (tree) b.tree_max_q = q_len;
   forward(b);
 }

@@ -56,6 +56,8 @@ class TargetGraphs {
   GraphPadding pad_;
   std::vector<int32_t> words_;
   std::map<std::tuple<int, int, bool>, Bucket> buckets_;  // (sequences, q_len, tree mask)
+  // Appends padding sequences of q_len rows to b until it has `seqs` sequences.
+  void add_padding(ForwardBatch& b, int seqs, int q_len, bool tree) const;
 };
 
 class DraftGraphs {

@@ -4,6 +4,18 @@
 
 namespace mtpserve {
 
+int64_t kv_budget_bytes(int64_t kv_memory_bytes, double mem_fraction, int64_t free_bytes) {
+  MTP_CHECK(kv_memory_bytes >= 0, "engine: kv_memory_bytes must be >= 0, got {}", kv_memory_bytes);
+  MTP_CHECK(mem_fraction >= 0 && mem_fraction <= 1, "engine: mem_fraction must be in [0, 1], got {}",
+            mem_fraction);
+  if (kv_memory_bytes > 0) return kv_memory_bytes;
+  if (mem_fraction == 0) return int64_t(512) << 20;
+  MTP_CHECK(free_bytes >= 0,
+            "engine: --mem-fraction {}: the backend cannot tell its free memory; give --kv-memory",
+            mem_fraction);
+  return int64_t(mem_fraction * double(free_bytes));
+}
+
 KvPoolPages kv_pool_pages(const TextConfig& c, DType act, int64_t budget, int max_running,
                           int max_batch_tokens, int max_block) {
   int64_t full_tok = 0, slide_tok = 0;  // bytes per token slot in each pool

@@ -23,6 +23,11 @@ class PagePool {
   std::vector<uint8_t> used_;
 };
 
+// The KV cache's memory budget: kv_memory_bytes when given (> 0), else mem_fraction of free_bytes (the
+// backend's free memory once the weights are loaded; -1: unknown, an error), else 512 MiB. Throws Error on
+// bad values.
+int64_t kv_budget_bytes(int64_t kv_memory_bytes, double mem_fraction, int64_t free_bytes);
+
 // Pages of each pool for a KV memory budget of `budget` bytes. The sliding pool never needs more than, per
 // running request, its window plus a block of rows (`max_block`: a verify block) and page rounding, plus the
 // step's token budget for prefill chunks (pages behind the window are returned every step); the full pool

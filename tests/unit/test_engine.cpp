@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "engine/kv_cache.h"
 #include "test_util.h"
 
 namespace mtpserve {
@@ -332,16 +333,12 @@ TEST(EngineGraphs, WarmupRecordsEveryBucket) {
 // The KV budget: --kv-memory wins, then --mem-fraction of the free memory, else 512 MiB; bad values and an
 // unknown free memory are errors.
 TEST(EngineMemory, KvBudget) {
-  EngineOptions o;
-  EXPECT_EQ(kv_budget_bytes(o, -1), int64_t(512) << 20);
-  o.mem_fraction = 0.25;
-  EXPECT_EQ(kv_budget_bytes(o, int64_t(8) << 30), int64_t(2) << 30);
-  EXPECT_THROW(kv_budget_bytes(o, -1), Error);
-  o.kv_memory_bytes = 3 << 20;
-  EXPECT_EQ(kv_budget_bytes(o, int64_t(8) << 30), 3 << 20);
-  o.kv_memory_bytes = 0;
-  o.mem_fraction = 1.5;
-  EXPECT_THROW(kv_budget_bytes(o, int64_t(8) << 30), Error);
+  EXPECT_EQ(kv_budget_bytes(0, 0.0, -1), int64_t(512) << 20);
+  EXPECT_EQ(kv_budget_bytes(0, 0.25, int64_t(8) << 30), int64_t(2) << 30);
+  EXPECT_THROW(kv_budget_bytes(0, 0.25, -1), Error);
+  EXPECT_EQ(kv_budget_bytes(3 << 20, 0.25, int64_t(8) << 30), 3 << 20);
+  EXPECT_THROW(kv_budget_bytes(0, 1.5, int64_t(8) << 30), Error);
+  EXPECT_THROW(kv_budget_bytes(-1, 0.0, -1), Error);
 }
 
 // --mem-fraction sizes the KV pools from the backend's free memory (the CPU backend: MemAvailable), so a
