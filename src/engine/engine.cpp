@@ -30,7 +30,6 @@
 #include "model/loader.h"
 
 namespace mtpserve {
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -230,19 +229,18 @@ class EngineImpl final : public Engine {
   }
   // The step graphs of every batch size, recorded before serving (warm_step_graphs).
   void warm_graphs() {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     const int k = assistant_ ? opts_.num_draft : 0;
     try {
       warm_step_graphs(*tgraphs_, dgraphs_.get(), opts_.max_running, k, opts_.draft_topk > 1, max_block());
     } catch (const Error& e) {
-      fail(
-          "engine: recording the step graphs for up to {} sequences failed ({}); give the KV cache less "
-          "memory "
-          "(--kv-memory / --mem-fraction), lower --max-running, or use --graphs off",
-          opts_.max_running, e.what());
+      fail("engine: recording the step graphs for up to {} sequences failed ({}); {}", opts_.max_running,
+           e.what(),
+           "give the KV cache less memory (--kv-memory / --mem-fraction), lower --max-running, or use "
+           "--graphs off");
     }
     info_.graph_count = tgraphs_->graphs() + (dgraphs_ ? dgraphs_->graphs() : 0);
-    info_.graph_warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    info_.graph_warmup_s = std::chrono::duration<double>(Clock::now() - t0).count();
   }
   int max_block() const { return 1 + (opts_.draft_topk > 1 ? tree_nodes(opts_.num_draft) : opts_.num_draft); }
 
