@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kVecThreads)
   pdl_wait();
   if (row >= R) return;  // uniform per row (a warp or the block)
   a.load(x + row * D, W);
-  a.scale(a.inv_rms(W, D, eps), w ? &wt : nullptr, false);  // rounded by store
+  a.scale(a.inv_rms(W, D, eps), wt, w != nullptr, false);  // rounded by store
   a.store(out + row * D, W);
 }
 
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kVecThreads)
     }
   xv.store(x + row * D, W);
   if (!h) return;  // uniform
-  xv.scale(xv.inv_rms(W, D, eps), hw ? &hwv : nullptr, false);
+  xv.scale(xv.inv_rms(W, D, eps), hwv, hw != nullptr, false);
   xv.store(h + row * D, W);
 }
 

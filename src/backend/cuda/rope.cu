@@ -70,16 +70,24 @@ __device__ __forceinline__ void norm_rope_head(bf16* dst, const bf16* src, const
 
 // The same with the row in registers (row_words.cuh: the layout and sums of rms_norm's warp-per-row vector
 // kernel, so the bits are those of rms_norm then rope): for W = D / 8 a power of two, the partner of element
-// j (j +- D/2) is in lane ^ W/2 (W <= 32) or in the same lane's word j ^ W/64.
+// j (j +- D/2) is in lane ^ W/2 (W <= 32) or in the same lane's word j ^ W/64. The norm weight ws [D] is in
+// shared memory as fp32 (loaded before the kernel's wait; in registers it spilled at 512 threads).
 template <int WPT>
-__device__ __forceinline__ void norm_rope_head_vec(bf16* dst, const bf16* src, const bf16* w, const float* cs,
-                                                   int64_t D, float eps, int lane) {
+__device__ __forceinline__ void norm_rope_head_vec(bf16* dst, const bf16* src, const float* ws,
+                                                   const float* cs, int64_t D, float eps, int lane) {
   using Row = RowWords<32, WPT>;
   const int64_t W = D / 8, half = D / 2;
-  Row a, wt;
+  Row a;
   a.load(src, W);
-  if (w) wt.load(w, W);
-  a.scale(a.inv_rms(W, D, eps), w ? &wt : nullptr, true);
+  const float inv = a.inv_rms(W, D, eps);
+#pragma unroll
+  for (int j = 0; j < WPT; j++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) {  // RowWords::scale with round, the weight from shared memory
+      float x = a.v[j][e] * inv;
+      if (ws && Row::has(j, W)) x *= ws[8 * (lane + 32 * j) + e];
+      a.v[j][e] = __bfloat162float(__float2bfloat16_rn(x));
+    }
   if (cs) {
     float b[WPT][8];  // the partners' normed values
 #pragma unroll
@@ -106,9 +114,10 @@ __device__ __forceinline__ void norm_rope_head_vec(bf16* dst, const bf16* src, c
 }
 
 // norm_rope_head_vec where it applies (W a power of two, at most 2 words per lane, 16-byte rows), else the
-// scalar loop; the choice depends on D and alignment only, as rms_norm's.
-__device__ __forceinline__ void norm_rope_any(bf16* dst, const bf16* src, const bf16* w, const float* cs,
-                                              int64_t D, float eps, int lane) {
+// scalar loop; the choice depends on D and alignment only, as rms_norm's. w (global) and ws (its shared fp32
+// copy) are both given or both null.
+__device__ __forceinline__ void norm_rope_any(bf16* dst, const bf16* src, const bf16* w, const float* ws,
+                                              const float* cs, int64_t D, float eps, int lane) {
   const int64_t W = D / 8;
   const bool vec = D % 8 == 0 && W <= 64 && (W & (W - 1)) == 0 &&
                    ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
@@ -117,9 +126,18 @@ __device__ __forceinline__ void norm_rope_any(bf16* dst, const bf16* src, const 
   if (!vec)
     norm_rope_head(dst, src, w, cs, D, eps, lane);
   else if (W <= 32)
-    norm_rope_head_vec<1>(dst, src, w, cs, D, eps, lane);
+    norm_rope_head_vec<1>(dst, src, ws, cs, D, eps, lane);
   else
-    norm_rope_head_vec<2>(dst, src, w, cs, D, eps, lane);  // W = 64
+    norm_rope_head_vec<2>(dst, src, ws, cs, D, eps, lane);  // W = 64
+}
+
+// The q and k norm weights as fp32 into ws [2 D] (k's zero when absent). They are constants of the model,
+// so the kernels stage them before their wait.
+__device__ __forceinline__ void stage_norm_weights(float* ws, const bf16* qw, const bf16* kw, int64_t D) {
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    ws[i] = bf(qw[i]);
+    ws[D + i] = kw ? bf(kw[i]) : 0.0f;
+  }
 }
 
 // qkv_norm_rope: one block per token, one warp per head (q heads, then k heads, then v heads), in place.
@@ -127,9 +145,11 @@ __global__ void __launch_bounds__(512)
     qkv_norm_rope_kernel(bf16* q, bf16* k, bf16* v, const bf16* qw, const bf16* kw, const int32_t* positions,
                          const float* inv_freq, int64_t nh, int64_t kvh, int64_t D, float eps) {
   pdl_trigger();
-  extern __shared__ float cs[];  // [half] cos, [half] sin
+  extern __shared__ float cs[];  // [half] cos, [half] sin, then the norm weights ws [2 D]
+  float* ws = cs + D;
   const int64_t t = blockIdx.x;
   rope_cos_sin(cs, float(positions[t]), inv_freq, D / 2);  // step metadata: before the wait (see below)
+  stage_norm_weights(ws, qw, kw, D);
   pdl_wait();
   __syncthreads();
   const int lane = threadIdx.x % 32;
@@ -137,13 +157,13 @@ __global__ void __launch_bounds__(512)
   for (int64_t hd = threadIdx.x / 32; hd < heads; hd += blockDim.x / 32) {
     if (hd < nh) {
       bf16* row = q + (t * nh + hd) * D;
-      norm_rope_any(row, row, qw, cs, D, eps, lane);
+      norm_rope_any(row, row, qw, ws, cs, D, eps, lane);
     } else if (hd < nh + kvh) {
       bf16* row = k + (t * kvh + hd - nh) * D;
-      norm_rope_any(row, row, kw, cs, D, eps, lane);
+      norm_rope_any(row, row, kw, ws + D, cs, D, eps, lane);
     } else {
       bf16* row = v + (t * kvh + hd - nh - kvh) * D;
-      norm_rope_any(row, row, nullptr, nullptr, D, eps, lane);
+      norm_rope_any(row, row, nullptr, nullptr, nullptr, D, eps, lane);
     }
   }
 }
@@ -163,12 +183,14 @@ __global__ void __launch_bounds__(512)
                             const int32_t* positions, const float* inv_freq, int64_t nh, int64_t kvh,
                             int64_t heads, int64_t D, float eps, KvDst kv, DevErr* err) {
   pdl_trigger();
-  extern __shared__ float cs[];  // [half] cos, [half] sin
+  extern __shared__ float cs[];  // [half] cos, [half] sin, then the norm weights ws [2 D]
+  float* ws = cs + D;
   const int t = blockIdx.x;
   // Positions, the page table and inv_freq are the step's metadata and constants (uploaded before the step;
   // no kernel writes them), so their dependent loads and the cos/sin run before the wait, under the
   // previous kernel (the q|k|v GEMV); only qkv comes from it.
   rope_cos_sin(cs, float(positions[t]), inv_freq, D / 2);
+  stage_norm_weights(ws, qw, kw, D);
   const int s = find_seq(kv.cu_q, kv.S, t);
   const int slot = kv.prefix[s] + (t - kv.cu_q[s]);
   const int page = kv.pages[int64_t(s) * kv.page_stride + slot / kv.page_size];
@@ -187,15 +209,16 @@ __global__ void __launch_bounds__(512)
   const bf16* src = qkv + int64_t(t) * heads * D;
   for (int64_t hd = threadIdx.x / 32; hd < nh + 2 * kvh; hd += blockDim.x / 32) {
     if (hd < nh) {
-      norm_rope_any(q + (int64_t(t) * nh + hd) * D, src + hd * D, qw, cs, D, eps, lane);
+      norm_rope_any(q + (int64_t(t) * nh + hd) * D, src + hd * D, qw, ws, cs, D, eps, lane);
     } else if (!store) {
       continue;
     } else if (hd < nh + kvh) {
       const int64_t j = hd - nh;
-      norm_rope_any(kv.kc + (phys * kvh + j) * D, src + hd * D, kw, cs, D, eps, lane);
+      norm_rope_any(kv.kc + (phys * kvh + j) * D, src + hd * D, kw, ws + D, cs, D, eps, lane);
     } else {
       const int64_t j = hd - nh - kvh;
-      norm_rope_any(kv.vc + (phys * kvh + j) * D, src + (v0 + j) * D, nullptr, nullptr, D, eps, lane);
+      norm_rope_any(kv.vc + (phys * kvh + j) * D, src + (v0 + j) * D, nullptr, nullptr, nullptr, D, eps,
+                    lane);
     }
   }
 }
@@ -241,7 +264,7 @@ void qkv_norm_rope(Ctx& c, Tensor q, Tensor k, Tensor v, const Tensor& q_norm, c
   }
   const int64_t warps = std::min<int64_t>(nh + 2 * kvh, 16);
   launch(c.stream, "qkv_norm_rope_kernel", qkv_norm_rope_kernel, dim3(unsigned(T)),
-         dim3(unsigned(32 * warps)), size_t(D) * sizeof(float), mbf(q), k.defined() ? mbf(k) : nullptr,
+         dim3(unsigned(32 * warps)), size_t(3 * D) * sizeof(float), mbf(q), k.defined() ? mbf(k) : nullptr,
          k.defined() ? mbf(v) : nullptr, cbf(q_norm), k.defined() ? cbf(k_norm) : nullptr,
          positions.ptr<const int32_t>(), inv_freq.ptr<const float>(), nh, kvh, D, eps);
   check_launch("qkv_norm_rope");
@@ -277,7 +300,7 @@ void qkv_norm_rope_kv(Ctx& c, Tensor q, const Tensor& qkv, const Tensor& q_norm,
            pt.page_size};
   const int64_t warps = std::min<int64_t>(nh + 2 * kvh, 16);
   launch(c, "qkv_norm_rope_kv", qkv_norm_rope_kv_kernel, dim3(unsigned(T)), dim3(unsigned(32 * warps)),
-         size_t(D) * sizeof(float), mbf(q), cbf(qkv), cbf(q_norm), cbf(k_norm),
+         size_t(3 * D) * sizeof(float), mbf(q), cbf(qkv), cbf(q_norm), cbf(k_norm),
          positions.ptr<const int32_t>(), inv_freq.ptr<const float>(), nh, kvh, heads, D, eps, kv, c.err);
 }
 

@@ -35,14 +35,15 @@ struct RowWords {
       r[lane() + int64_t(j) * TPR] = make_uint4(u[0], u[1], u[2], u[3]);
     }
   }
-  // v = v * inv (* w when given), each rounded to bf16 when `round` (the normed value as rms_norm stores it).
-  __device__ __forceinline__ void scale(float inv, const RowWords* w, bool round) {
+  // v = v * inv (* w when use_w), each rounded to bf16 when `round` (the normed value as rms_norm stores
+  // it). A flag and a reference, not a maybe-null pointer: taking w's address put it in local memory.
+  __device__ __forceinline__ void scale(float inv, const RowWords& w, bool use_w, bool round) {
 #pragma unroll
     for (int j = 0; j < WPT; j++)
 #pragma unroll
       for (int e = 0; e < 8; e++) {
         float x = v[j][e] * inv;
-        if (w) x *= w->v[j][e];
+        if (use_w) x *= w.v[j][e];
         v[j][e] = round ? __bfloat162float(__float2bfloat16_rn(x)) : x;
       }
   }
