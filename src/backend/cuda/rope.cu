@@ -71,7 +71,8 @@ __device__ __forceinline__ void norm_rope_head(bf16* dst, const bf16* src, const
 // The same with the row in registers (row_words.cuh: the layout and sums of rms_norm's warp-per-row vector
 // kernel, so the bits are those of rms_norm then rope): for W = D / 8 a power of two, the partner of element
 // j (j +- D/2) is in lane ^ W/2 (W <= 32) or in the same lane's word j ^ W/64. The norm weight ws [D] is in
-// shared memory as fp32 (loaded before the kernel's wait; in registers it spilled at 512 threads).
+// shared memory as fp32, loaded before the kernel's wait: a register copy added to the 512-thread kernels'
+// spills, and one behind a maybe-null pointer went to local memory.
 template <int WPT>
 __device__ __forceinline__ void norm_rope_head_vec(bf16* dst, const bf16* src, const float* ws,
                                                    const float* cs, int64_t D, float eps, int lane) {
